@@ -3,4 +3,10 @@
 
 pub mod addr;
 pub mod config;
+pub mod policy;
 pub mod target;
+pub mod audit;
+pub mod egress;
+pub mod proxy;
+pub mod server;
+pub mod app;

@@ -1,1 +1,136 @@
-fn main(){}
+//! The `egress-gate` command line: `serve` runs the proxy, `check` validates a policy file.
+//! Argument handling and exit codes only; everything else lives in the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use egress_gate::config::{self, Config, LoadError};
+use egress_gate::{app, policy::Policy};
+
+#[derive(Parser)]
+#[command(name = "egress-gate", version, about = "An egress-enforcing HTTP(S) forward proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve {
+        /// The network-egress policy file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Listen here instead of `[proxy] listen` (repeatable).
+        #[arg(long = "listen", value_name = "ADDR")]
+        listen: Vec<SocketAddr>,
+    },
+    /// Validate a policy file: exit 0 with a summary, or 1 with every error as FILE:LINE:COL: key: message.
+    Check {
+        /// The network-egress policy file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { file } => check(&file),
+        Command::Serve { config, listen } => serve(&config, &listen),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EGRESS_GATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn load_or_report(file: &std::path::Path) -> Option<Config> {
+    match config::load(file) {
+        Ok(c) => Some(c),
+        Err(LoadError::Invalid(e)) => {
+            for d in &e.diagnostics {
+                eprintln!("{d}");
+            }
+            eprintln!("{}: {} error(s); policy refused", file.display(), e.diagnostics.len());
+            None
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            None
+        }
+    }
+}
+
+fn check(file: &std::path::Path) -> ExitCode {
+    let Some(config) = load_or_report(file) else {
+        return ExitCode::FAILURE;
+    };
+    let p = &config.policy;
+    let plugin_rules: usize = config.plugins.values().map(|x| x.allow.len() + x.deny.len()).sum();
+    println!(
+        "{}: ok (sha256 {})\n  mode {:?}, strict {}, private_ip_mode {:?}\n  {} allow and {} deny rule(s) global; {} plugin(s) with {} rule(s)\n  listen {}",
+        file.display(),
+        config.sha256,
+        p.mode,
+        p.strict,
+        p.private_ip_mode,
+        p.allow.len(),
+        p.deny.len(),
+        config.plugins.len(),
+        plugin_rules,
+        config.proxy.listen.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+    );
+    // Compiling proves the rules load into matchers as the server would.
+    let _ = Policy::compile(&config);
+    ExitCode::SUCCESS
+}
+
+fn serve(file: &std::path::Path, listen: &[SocketAddr]) -> ExitCode {
+    init_logging();
+    let Some(config) = load_or_report(file) else {
+        return ExitCode::FAILURE;
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let listeners = app::bind(&config, listen).await?;
+        app::serve(config, listeners, shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("egress-gate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,108 @@
+//! Wiring: from a validated [`Config`] and bound listeners to a running proxy.
+//!
+//! Owns start-up order — open the audit trail, record `proxy.start`, build the resolver, serve —
+//! and the final flush. The binary and the integration tests both start the proxy through here,
+//! so they run the same code.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::audit::record::{self, ProxyStart, Record};
+use crate::audit::{Audit, AuditError};
+use crate::config::{AuditPath, Config};
+use crate::egress::Egress;
+use crate::policy::Policy;
+use crate::proxy::Proxy;
+use crate::server::{self, Listener};
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot open audit trail {path}: {source}")]
+    AuditOpen { path: String, source: std::io::Error },
+    #[error("cannot write audit trail: {0}")]
+    AuditWrite(#[from] AuditError),
+    #[error("cannot set up the DNS resolver: {0}")]
+    Resolver(std::io::Error),
+    #[error("no listeners configured")]
+    NoListeners,
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Binds the anonymous listeners (`override_listen` replaces `[proxy] listen` when not empty)
+/// and every plugin's listeners.
+pub async fn bind(config: &Config, override_listen: &[SocketAddr]) -> Result<Vec<Listener>, StartError> {
+    let anonymous = if override_listen.is_empty() {
+        &config.proxy.listen
+    } else {
+        override_listen
+    };
+    let mut listeners = Vec::new();
+    for addr in anonymous {
+        listeners.push(Listener {
+            socket: bind_one(*addr).await?,
+            plugin: None,
+        });
+    }
+    for (name, plugin) in &config.plugins {
+        for addr in &plugin.listen {
+            listeners.push(Listener {
+                socket: bind_one(*addr).await?,
+                plugin: Some(Arc::from(name.as_str())),
+            });
+        }
+    }
+    if listeners.is_empty() {
+        return Err(StartError::NoListeners);
+    }
+    Ok(listeners)
+}
+
+async fn bind_one(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+/// Runs the proxy on `listeners` until `shutdown` resolves, then drains and flushes the trail.
+pub async fn serve(config: Config, listeners: Vec<Listener>, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let local: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.socket.local_addr().ok()).collect();
+    let (audit, writer) = Audit::open(&config.audit.path).map_err(|source| StartError::AuditOpen {
+        path: match &config.audit.path {
+            AuditPath::Stdout => "-".into(),
+            AuditPath::File(p) => p.display().to_string(),
+        },
+        source,
+    })?;
+    let policy = Arc::new(Policy::compile(&config));
+    audit
+        .commit(Record::ProxyStart(ProxyStart {
+            ts: record::now(),
+            event: record::PROXY_START,
+            policy_path: config.path.display().to_string(),
+            policy_sha256: policy.sha256.clone(),
+            listen: local.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+        }))
+        .await?;
+    let egress = Egress::new(&config.dns, config.limits.connect_timeout, local.clone()).map_err(StartError::Resolver)?;
+    for l in &listeners {
+        if let Ok(addr) = l.socket.local_addr() {
+            tracing::info!(%addr, plugin = l.plugin.as_deref().unwrap_or("-"), "listening");
+        }
+    }
+    let proxy = Arc::new(Proxy::new(policy, egress, audit, config.limits.clone()));
+    let result = server::run(listeners, proxy.clone(), shutdown).await;
+    drop(proxy);
+    // The writer exits once every Audit handle is gone; a tunnel that outlived the drain may still
+    // hold one, so wait only briefly (everything queued was already flushed by `server::run`).
+    let join = tokio::task::spawn_blocking(move || writer.join());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), join).await;
+    result.map_err(StartError::Serve)
+}

@@ -1,0 +1,184 @@
+//! THE chokepoint: the only place in the crate that opens an outbound socket.
+//!
+//! For each request it resolves the target's name exactly once, has the policy vet every address
+//! in the answer, and connects only to a [`VettedAddr`] — a type nothing else can construct. The
+//! name is never looked up again for that request, so there is no window for DNS rebinding; address
+//! literals never reach the resolver at all. Reviewers: proving "no unvetted dial" means reading
+//! this file.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{
+    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig,
+    ResolverOpts,
+};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use tokio::net::TcpStream;
+
+use crate::config::DnsConfig;
+use crate::policy::{AddressDenial, Decision, Policy};
+use crate::target::{Host, Target};
+
+/// An address the policy has vetted for one request. Only [`Egress::resolve`] makes these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct VettedAddr(SocketAddr);
+
+impl VettedAddr {
+    pub fn addr(&self) -> SocketAddr {
+        self.0
+    }
+}
+
+/// The vetted answer for a target: every address it resolved to, all of them acceptable.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub addrs: Vec<VettedAddr>,
+}
+
+impl Resolved {
+    pub fn ips(&self) -> Vec<IpAddr> {
+        self.addrs.iter().map(|a| a.0.ip()).collect()
+    }
+}
+
+/// Why no connection was made. `resolved` carries what DNS said, for the audit record.
+#[derive(Debug, thiserror::Error)]
+pub enum EgressError {
+    #[error("refused by policy before dialing")]
+    NotPermitted,
+    #[error("DNS lookup failed: {0}")]
+    Dns(String),
+    #[error("destination address refused")]
+    Denied {
+        denial: AddressDenial,
+        resolved: Vec<IpAddr>,
+    },
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error("connection refused")]
+    ConnectRefused,
+    #[error("connect failed: {0}")]
+    Connect(io::Error),
+}
+
+/// Resolver, connect timeout and the proxy's own listeners (which it must never dial).
+pub struct Egress {
+    resolver: TokioResolver,
+    connect_timeout: Duration,
+    own_listeners: Vec<SocketAddr>,
+}
+
+impl Egress {
+    /// Builds the resolver from `[dns]`: the listed nameservers, or the system configuration.
+    pub fn new(
+        dns: &DnsConfig,
+        connect_timeout: Duration,
+        own_listeners: Vec<SocketAddr>,
+    ) -> io::Result<Egress> {
+        let mut opts = ResolverOpts::default();
+        opts.timeout = dns.timeout;
+        // One retry after the first try; a silent server then costs at most twice the timeout.
+        opts.attempts = 1;
+        // Both families are asked for, so an answer hiding a private AAAA behind a public A is seen
+        // and refused as a whole.
+        opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+        // /etc/hosts is local policy, not the network's: names resolve through DNS only.
+        opts.use_hosts_file = ResolveHosts::Never;
+        let builder = if dns.nameservers.is_empty() {
+            TokioResolver::builder_tokio().map_err(io::Error::other)?
+        } else {
+            let servers = dns.nameservers.iter().map(name_server).collect();
+            TokioResolver::builder_with_config(
+                ResolverConfig::from_name_servers(servers),
+                TokioRuntimeProvider::default(),
+            )
+        };
+        let resolver = builder
+            .with_options(opts)
+            .build()
+            .map_err(io::Error::other)?;
+        Ok(Egress {
+            resolver,
+            connect_timeout,
+            own_listeners,
+        })
+    }
+
+    /// Resolves a target once and vets every address. Address literals skip the resolver.
+    pub async fn resolve(
+        &self,
+        policy: &Policy,
+        plugin: Option<&str>,
+        target: &Target,
+        decision: &Decision,
+    ) -> Result<Resolved, EgressError> {
+        if !decision.permits() {
+            return Err(EgressError::NotPermitted);
+        }
+        let ips: Vec<IpAddr> = match &target.host {
+            Host::Ip(ip) => vec![*ip],
+            Host::Name(name) => self.lookup(name).await?,
+        };
+        policy
+            .vet_addresses(plugin, target.port, &ips, &self.own_listeners)
+            .map_err(|denial| EgressError::Denied {
+                denial,
+                resolved: ips.clone(),
+            })?;
+        let addrs = ips
+            .into_iter()
+            .map(|ip| VettedAddr(SocketAddr::new(ip, target.port)))
+            .collect();
+        Ok(Resolved { addrs })
+    }
+
+    async fn lookup(&self, name: &str) -> Result<Vec<IpAddr>, EgressError> {
+        // A fully qualified query: no search-domain expansion can change what is asked.
+        let fqdn = format!("{name}.");
+        let lookup = self
+            .resolver
+            .lookup_ip(fqdn.as_str())
+            .await
+            .map_err(|e| EgressError::Dns(e.to_string()))?;
+        let mut ips: Vec<IpAddr> = lookup.iter().collect();
+        ips.dedup();
+        if ips.is_empty() {
+            return Err(EgressError::Dns(format!("{name}: no addresses")));
+        }
+        Ok(ips)
+    }
+
+    /// Connects to the first vetted address that accepts, within the connect timeout overall.
+    pub async fn connect(&self, resolved: &Resolved) -> Result<(TcpStream, VettedAddr), EgressError> {
+        let attempt = async {
+            let mut last = EgressError::ConnectRefused;
+            for addr in &resolved.addrs {
+                match TcpStream::connect(addr.0).await {
+                    Ok(stream) => {
+                        let _ = stream.set_nodelay(true);
+                        return Ok((stream, *addr));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                        last = EgressError::ConnectRefused
+                    }
+                    Err(e) => last = EgressError::Connect(e),
+                }
+            }
+            Err(last)
+        };
+        tokio::time::timeout(self.connect_timeout, attempt)
+            .await
+            .unwrap_or(Err(EgressError::ConnectTimeout))
+    }
+}
+
+fn name_server(addr: &SocketAddr) -> NameServerConfig {
+    let mut udp = ConnectionConfig::udp();
+    udp.port = addr.port();
+    let mut tcp = ConnectionConfig::tcp();
+    tcp.port = addr.port();
+    NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
+}

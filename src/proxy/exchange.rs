@@ -1,0 +1,130 @@
+//! What the proxy learns about one request as it goes, and the audit records made from it.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Method, Request};
+
+use super::ConnInfo;
+use crate::audit::record::{self, NetReq, Record, Violation};
+use crate::audit::redact;
+use crate::policy::{Policy, RuleId};
+use crate::target::Target;
+
+/// Longest raw request target kept in a record for a request that could not be parsed.
+const MAX_RAW_HOST: usize = 300;
+
+/// One request's audit context.
+#[derive(Debug, Clone)]
+pub(super) struct Exchange {
+    pub audit_id: String,
+    pub started: Instant,
+    pub plugin: Option<Arc<str>>,
+    pub client: SocketAddr,
+    pub method: String,
+    /// The normalised host once parsed; before that, the raw authority (truncated).
+    pub host: String,
+    pub port: u16,
+    pub path: Option<String>,
+    pub resolved: Vec<IpAddr>,
+    pub connected: Option<SocketAddr>,
+    pub rule: Option<RuleId>,
+}
+
+impl Exchange {
+    pub fn new<B>(audit_id: String, conn: &ConnInfo, req: &Request<B>, started: Instant) -> Exchange {
+        let raw_host: String = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str())
+            .unwrap_or_default()
+            .chars()
+            .take(MAX_RAW_HOST)
+            .collect();
+        Exchange {
+            audit_id,
+            started,
+            plugin: conn.plugin.clone(),
+            client: conn.client,
+            method: req.method().as_str().to_string(),
+            // Userinfo never reaches a record, even from a request refused for carrying it.
+            host: match raw_host.rsplit_once('@') {
+                Some((_, host)) => host.to_string(),
+                None => raw_host,
+            },
+            port: 0,
+            path: None,
+            resolved: Vec::new(),
+            connected: None,
+            rule: None,
+        }
+    }
+
+    pub fn set_target<B>(&mut self, target: &Target, req: &Request<B>) {
+        self.host = target.host.to_string();
+        self.port = target.port;
+        if req.method() != Method::CONNECT {
+            self.path = Some(redact::redact_path_and_query(
+                req.uri().path_and_query().map_or("/", |p| p.as_str()),
+            ));
+        }
+    }
+
+    pub fn net_req(
+        &self,
+        policy: &Policy,
+        decision: &'static str,
+        reason: Option<&'static str>,
+        status: u16,
+        bytes_up: u64,
+        bytes_down: u64,
+    ) -> Record {
+        Record::NetReq(NetReq {
+            ts: record::now(),
+            audit_id: self.audit_id.clone(),
+            event: record::NET_REQ,
+            plugin: self.plugin.as_deref().map(str::to_string),
+            client: self.client,
+            method: self.method.clone(),
+            host: self.host.clone(),
+            port: self.port,
+            path: self.path.clone(),
+            resolved: self.resolved.clone(),
+            connected: self.connected,
+            decision,
+            rule: self.rule.as_deref().map(str::to_string),
+            reason,
+            policy_sha256: policy.sha256.clone(),
+            status,
+            bytes_up,
+            bytes_down,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+        })
+    }
+
+    pub fn violation(
+        &self,
+        policy: &Policy,
+        reason: &'static str,
+        rule: Option<&RuleId>,
+        addresses: Vec<IpAddr>,
+        enforced: bool,
+    ) -> Record {
+        Record::Violation(Violation {
+            ts: record::now(),
+            audit_id: self.audit_id.clone(),
+            event: record::POLICY_VIOLATION,
+            plugin: self.plugin.as_deref().map(str::to_string),
+            client: self.client,
+            method: self.method.clone(),
+            host: self.host.clone(),
+            port: self.port,
+            reason,
+            rule: rule.map(|r| r.to_string()),
+            addresses,
+            enforced,
+            policy_sha256: policy.sha256.clone(),
+        })
+    }
+}

@@ -1,0 +1,196 @@
+//! CONNECT tunnels: dial the vetted address, answer 200 only once connected, then relay bytes
+//! both ways with half-close and an idle timeout. The tunnel's `net.req` record is written when
+//! it closes, with the bytes moved each way.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+use super::exchange::Exchange;
+use super::respond::{self, Body, ProxyError};
+use super::{ConnInfo, Proxy, egress_error};
+use crate::egress::Resolved;
+use crate::policy::Policy;
+
+/// Dials, then answers 200 and relays in a tracked task.
+pub(super) async fn open(
+    proxy: &Arc<Proxy>,
+    policy: &Arc<Policy>,
+    conn: &Arc<ConnInfo>,
+    ex: &mut Exchange,
+    resolved: Resolved,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    let (upstream, vetted) = proxy.egress.connect(&resolved).await.map_err(egress_error)?;
+    ex.connected = Some(vetted.addr());
+    tracing::debug!(audit_id = %ex.audit_id, host = %ex.host, port = ex.port, connected = %vetted.addr(), "tunnel open");
+
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let idle = proxy.limits.idle_timeout;
+    let (proxy_task, policy, ex) = (proxy.clone(), policy.clone(), ex.clone());
+    // Holding the connection info keeps its `max_connections` slot for the tunnel's lifetime.
+    let conn = conn.clone();
+    proxy.tunnels.spawn(async move {
+        let (up, down) = match on_upgrade.await {
+            Ok(upgraded) => relay(TokioIo::new(upgraded), upstream, idle).await,
+            Err(e) => {
+                tracing::debug!(audit_id = %ex.audit_id, error = %e, "client went away before the tunnel started");
+                (0, 0)
+            }
+        };
+        let record = ex.net_req(&policy, "allow", None, 200, up, down);
+        proxy_task.audit.submit(record);
+        drop(conn);
+    });
+    let mut resp = Response::new(respond::empty());
+    *resp.status_mut() = StatusCode::OK;
+    Ok(resp)
+}
+
+/// Copies both ways until both sides are done or nothing moved for `idle`. Returns
+/// (bytes client→upstream, bytes upstream→client).
+async fn relay<C, U>(client: C, upstream: U, idle: Duration) -> (u64, u64)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let start = Instant::now();
+    let activity = Arc::new(Activity::default());
+    let mut client = Counted::new(client, activity.clone(), Direction::Up, start);
+    let mut upstream = Counted::new(upstream, activity.clone(), Direction::Down, start);
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+    tokio::pin!(copy);
+    let mut deadline = start + idle;
+    loop {
+        tokio::select! {
+            _ = &mut copy => break,
+            _ = tokio::time::sleep_until(deadline) => {
+                let last = start + Duration::from_millis(activity.last_ms.load(Ordering::Relaxed));
+                if last + idle <= Instant::now() {
+                    tracing::debug!("tunnel idle timeout");
+                    break;
+                }
+                deadline = last + idle;
+            }
+        }
+    }
+    (
+        activity.up.load(Ordering::Relaxed),
+        activity.down.load(Ordering::Relaxed),
+    )
+}
+
+/// Byte counters and the time of the last read, shared by both directions of one tunnel.
+#[derive(Default)]
+struct Activity {
+    up: AtomicU64,
+    down: AtomicU64,
+    /// Milliseconds since the tunnel started at the last successful read.
+    last_ms: AtomicU64,
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Up,
+    Down,
+}
+
+/// A stream that counts what is read from it and notes when.
+struct Counted<S> {
+    inner: S,
+    activity: Arc<Activity>,
+    dir: Direction,
+    start: Instant,
+}
+
+impl<S> Counted<S> {
+    fn new(inner: S, activity: Arc<Activity>, dir: Direction, start: Instant) -> Self {
+        Self {
+            inner,
+            activity,
+            dir,
+            start,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            let counter = match self.dir {
+                Direction::Up => &self.activity.up,
+                Direction::Down => &self.activity.down,
+            };
+            counter.fetch_add(n, Ordering::Relaxed);
+            let ms = self.start.elapsed().as_millis() as u64;
+            self.activity.last_ms.store(ms, Ordering::Relaxed);
+        }
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_tunnels_are_closed_and_busy_ones_are_not() {
+        let (client, mut client_peer) = tokio::io::duplex(1024);
+        let (upstream, mut upstream_peer) = tokio::io::duplex(1024);
+        let relay = tokio::spawn(relay(client, upstream, Duration::from_secs(10)));
+        // Traffic every 6 s keeps a 10 s idle timeout from firing.
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            client_peer.write_all(b"ping").await.unwrap();
+            let mut buf = [0u8; 4];
+            upstream_peer.read_exact(&mut buf).await.unwrap();
+        }
+        assert!(!relay.is_finished());
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        let (up, down) = relay.await.unwrap();
+        assert_eq!((up, down), (12, 0));
+    }
+
+    #[tokio::test]
+    async fn half_close_is_propagated() {
+        let (client, mut client_peer) = tokio::io::duplex(1024);
+        let (upstream, mut upstream_peer) = tokio::io::duplex(1024);
+        let relay = tokio::spawn(relay(client, upstream, Duration::from_secs(60)));
+        client_peer.write_all(b"request").await.unwrap();
+        client_peer.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        upstream_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"request");
+        // The other direction still works after the client's half-close.
+        upstream_peer.write_all(b"response").await.unwrap();
+        upstream_peer.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"response");
+        assert_eq!(relay.await.unwrap(), (7, 8));
+    }
+}
