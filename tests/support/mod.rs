@@ -1,0 +1,8 @@
+//! Shared integration-test support: a real origin, a real DNS responder, the real proxy on
+//! loopback, and small clients that speak raw bytes so tests control exactly what is sent.
+#![allow(dead_code)]
+
+pub mod client;
+pub mod dns;
+pub mod origin;
+pub mod proxy;
