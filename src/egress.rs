@@ -19,7 +19,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use tokio::net::TcpStream;
 
 use crate::config::DnsConfig;
-use crate::policy::{AddressDenial, Decision, Policy};
+use crate::policy::{AddressDenial, Decision, Policy, RuleId};
 use crate::target::{Host, Target};
 
 /// An address the policy has vetted for one request. Only [`Egress::resolve`] makes these.
@@ -36,6 +36,8 @@ impl VettedAddr {
 #[derive(Debug, Clone)]
 pub struct Resolved {
     pub addrs: Vec<VettedAddr>,
+    /// Report mode: a deny `cidr` rule matched an address and was let through; record it.
+    pub reported_rule: Option<RuleId>,
 }
 
 impl Resolved {
@@ -122,7 +124,7 @@ impl Egress {
             Host::Ip(ip) => vec![*ip],
             Host::Name(name) => self.lookup(name).await?,
         };
-        policy
+        let reported_rule = policy
             .vet_addresses(plugin, target.port, &ips, &self.own_listeners)
             .map_err(|denial| EgressError::Denied {
                 denial,
@@ -132,7 +134,10 @@ impl Egress {
             .into_iter()
             .map(|ip| VettedAddr(SocketAddr::new(ip, target.port)))
             .collect();
-        Ok(Resolved { addrs })
+        Ok(Resolved {
+            addrs,
+            reported_rule,
+        })
     }
 
     async fn lookup(&self, name: &str) -> Result<Vec<IpAddr>, EgressError> {

@@ -96,8 +96,7 @@ impl Decision {
     }
 }
 
-/// Why an address set was refused after resolution. Always enforced, also in report mode:
-/// report mode is for learning an allowlist, never for switching off SSRF protection.
+/// Why an address set was refused after resolution.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AddressDenial {
     pub reason: DenyReason,
@@ -192,50 +191,52 @@ impl Policy {
     /// Vets every address a target resolved to (or the literal it named). If ANY address is refused
     /// the whole set is: an answer mixing public and private addresses is a rebinding attempt.
     ///
-    /// An address is refused when a deny `cidr` rule covers it, when it is one of the proxy's own
-    /// listening sockets, or when it is not public and no allow `cidr` rule covers it on this port
-    /// (with `private_ip_mode = "allow"` only the cloud-metadata endpoints still need such a rule).
+    /// Refused, always (also in report mode — report mode is for learning an allowlist, never for
+    /// switching off SSRF protection): one of the proxy's own listening sockets, or an address that
+    /// is not public and that no allow `cidr` rule covers on this port (with
+    /// `private_ip_mode = "allow"` only the cloud-metadata endpoints still need such a rule).
+    /// Then a deny `cidr` rule covering an address refuses the set in enforce mode; in report mode
+    /// it is returned as `Ok(Some(rule))` for the caller to record.
     pub fn vet_addresses(
         &self,
         plugin: Option<&str>,
         port: u16,
         addrs: &[IpAddr],
         own_listeners: &[SocketAddr],
-    ) -> Result<(), AddressDenial> {
+    ) -> Result<Option<RuleId>, AddressDenial> {
         let plugin_rules = plugin.and_then(|p| self.plugins.get(p)).map(|p| &p.rules);
         let sets = [Some(&self.global), plugin_rules];
-        let mut refused = Vec::new();
-        for &ip in addrs {
-            for set in sets.iter().flatten() {
-                if let Some(rule) = set.deny.match_addr(ip, port) {
-                    return Err(AddressDenial {
-                        reason: DenyReason::DenyRule,
-                        rule: Some(rule.clone()),
-                    });
+        let refused: Vec<IpAddr> = addrs
+            .iter()
+            .copied()
+            .filter(|&ip| {
+                if is_own_listener(ip, port, own_listeners) {
+                    return true;
                 }
-            }
-            if is_own_listener(ip, port, own_listeners) {
-                refused.push(ip);
-                continue;
-            }
-            let excepted = || sets.iter().flatten().any(|s| s.allow.match_addr(ip, port).is_some());
-            match addr::classify(ip) {
-                Class::Public => {}
-                Class::NonPublic(np) => {
-                    let waived = self.private_ip_mode == PrivateIpMode::Allow && np.name != addr::CLOUD_METADATA;
-                    if !waived && !excepted() {
-                        refused.push(ip);
-                    }
-                }
-            }
-        }
-        if refused.is_empty() {
-            Ok(())
-        } else {
-            Err(AddressDenial {
+                let Class::NonPublic(np) = addr::classify(ip) else {
+                    return false;
+                };
+                let waived = self.private_ip_mode == PrivateIpMode::Allow && np.name != addr::CLOUD_METADATA;
+                let excepted = || sets.iter().flatten().any(|s| s.allow.match_addr(ip, port).is_some());
+                !waived && !excepted()
+            })
+            .collect();
+        if !refused.is_empty() {
+            return Err(AddressDenial {
                 reason: DenyReason::NonPublicAddress(refused),
                 rule: None,
-            })
+            });
+        }
+        let denied_by = addrs
+            .iter()
+            .find_map(|&ip| sets.iter().flatten().find_map(|s| s.deny.match_addr(ip, port)));
+        match denied_by {
+            None => Ok(None),
+            Some(rule) if self.mode == Mode::Report => Ok(Some(rule.clone())),
+            Some(rule) => Err(AddressDenial {
+                reason: DenyReason::DenyRule,
+                rule: Some(rule.clone()),
+            }),
         }
     }
 }

@@ -140,6 +140,11 @@ impl Proxy {
         match self.egress.resolve(policy, ex.plugin.as_deref(), target, decision).await {
             Ok(resolved) => {
                 ex.resolved = resolved.ips();
+                // Only when the rules allowed the name: a literal's deny was reported already.
+                if let (Some(rule), Outcome::Allow { .. }) = (&resolved.reported_rule, &decision.outcome) {
+                    let record = ex.violation(policy, "deny_rule", Some(rule), ex.resolved.clone(), false);
+                    self.audit.commit(record).await.map_err(ProxyError::Audit)?;
+                }
                 Ok(resolved)
             }
             Err(EgressError::Denied { denial, resolved }) => {

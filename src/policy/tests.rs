@@ -138,10 +138,10 @@ fn non_public_addresses_need_a_port_scoped_exception() {
     let lo: IpAddr = "127.0.0.1".parse().unwrap();
     let meta: IpAddr = "169.254.169.254".parse().unwrap();
     let public: IpAddr = "93.184.216.34".parse().unwrap();
-    assert_eq!(p.vet_addresses(None, 18080, &[lo], &[]), Ok(()));
+    assert_eq!(p.vet_addresses(None, 18080, &[lo], &[]), Ok(None));
     let err = p.vet_addresses(None, 80, &[lo], &[]).unwrap_err();
     assert_eq!(err.reason, DenyReason::NonPublicAddress(vec![lo]));
-    assert_eq!(p.vet_addresses(None, 443, &[public], &[]), Ok(()));
+    assert_eq!(p.vet_addresses(None, 443, &[public], &[]), Ok(None));
     // Mixed public + private answers are refused as a whole, naming the offenders.
     let err = p.vet_addresses(None, 443, &[public, meta], &[]).unwrap_err();
     assert_eq!(err.reason, DenyReason::NonPublicAddress(vec![meta]));
@@ -153,7 +153,7 @@ fn the_proxy_never_dials_its_own_listener() {
     let p = policy("version = 1\n[[policy.allow]]\ncidr = \"127.0.0.1/32\"\nports = [3128]\n");
     let lo: IpAddr = "127.0.0.1".parse().unwrap();
     let own: SocketAddr = "127.0.0.1:3128".parse().unwrap();
-    assert_eq!(p.vet_addresses(None, 3128, &[lo], &[]), Ok(()));
+    assert_eq!(p.vet_addresses(None, 3128, &[lo], &[]), Ok(None));
     assert!(p.vet_addresses(None, 3128, &[lo], &[own]).is_err());
     let any: SocketAddr = "0.0.0.0:3128".parse().unwrap();
     assert!(p.vet_addresses(None, 3128, &[lo], &[any]).is_err());
@@ -171,11 +171,22 @@ fn deny_cidr_applies_to_resolved_addresses() {
 }
 
 #[test]
+fn report_mode_reports_deny_cidr_but_never_relaxes_address_safety() {
+    let p = policy(
+        "version = 1\n[policy]\nmode = \"report\"\n[[policy.deny]]\ncidr = \"93.184.216.0/24\"\n",
+    );
+    let ip: IpAddr = "93.184.216.34".parse().unwrap();
+    assert_eq!(p.vet_addresses(None, 443, &[ip], &[]), Ok(Some("policy.deny[0]".into())));
+    let lo: IpAddr = "127.0.0.1".parse().unwrap();
+    assert!(p.vet_addresses(None, 443, &[lo], &[]).is_err());
+}
+
+#[test]
 fn private_ip_mode_allow_still_guards_cloud_metadata() {
     let p = policy("version = 1\n[policy]\nstrict = false\nprivate_ip_mode = \"allow\"\n");
     let private: IpAddr = "10.1.2.3".parse().unwrap();
     let meta: IpAddr = "169.254.169.254".parse().unwrap();
-    assert_eq!(p.vet_addresses(None, 443, &[private], &[]), Ok(()));
+    assert_eq!(p.vet_addresses(None, 443, &[private], &[]), Ok(None));
     assert!(p.vet_addresses(None, 80, &[meta], &[]).is_err());
 }
 
