@@ -30,14 +30,21 @@ enum Command {
     /// Validate a policy file: exit 0 with a summary, or 1 with every error as FILE:LINE:COL: key: message.
     Check {
         /// The network-egress policy file.
-        file: PathBuf,
+        #[arg(required_unless_present = "config", conflicts_with = "config")]
+        file: Option<PathBuf>,
+        /// The same, as a flag (matches `serve --config`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { file } => check(&file),
+        Command::Check { file, config } => match file.or(config) {
+            Some(file) => check(&file),
+            None => ExitCode::FAILURE,
+        },
         Command::Serve { config, listen } => serve(&config, &listen),
     }
 }
