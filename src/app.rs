@@ -22,9 +22,15 @@ use crate::server::{self, Listener};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot open audit trail {path}: {source}")]
-    AuditOpen { path: String, source: std::io::Error },
+    AuditOpen {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot write audit trail: {0}")]
     AuditWrite(#[from] AuditError),
     #[error("cannot set up the DNS resolver: {0}")]
@@ -37,7 +43,10 @@ pub enum StartError {
 
 /// Binds the anonymous listeners (`override_listen` replaces `[proxy] listen` when not empty)
 /// and every plugin's listeners.
-pub async fn bind(config: &Config, override_listen: &[SocketAddr]) -> Result<Vec<Listener>, StartError> {
+pub async fn bind(
+    config: &Config,
+    override_listen: &[SocketAddr],
+) -> Result<Vec<Listener>, StartError> {
     let anonymous = if override_listen.is_empty() {
         &config.proxy.listen
     } else {
@@ -71,15 +80,23 @@ async fn bind_one(addr: SocketAddr) -> Result<TcpListener, StartError> {
 }
 
 /// Runs the proxy on `listeners` until `shutdown` resolves, then drains and flushes the trail.
-pub async fn serve(config: Config, listeners: Vec<Listener>, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
-    let local: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.socket.local_addr().ok()).collect();
-    let (audit, writer) = Audit::open(&config.audit.path).map_err(|source| StartError::AuditOpen {
-        path: match &config.audit.path {
-            AuditPath::Stdout => "-".into(),
-            AuditPath::File(p) => p.display().to_string(),
-        },
-        source,
-    })?;
+pub async fn serve(
+    config: Config,
+    listeners: Vec<Listener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let local: Vec<SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| l.socket.local_addr().ok())
+        .collect();
+    let (audit, writer) =
+        Audit::open(&config.audit.path).map_err(|source| StartError::AuditOpen {
+            path: match &config.audit.path {
+                AuditPath::Stdout => "-".into(),
+                AuditPath::File(p) => p.display().to_string(),
+            },
+            source,
+        })?;
     let policy = Arc::new(Policy::compile(&config));
     audit
         .commit(Record::ProxyStart(ProxyStart {
@@ -91,7 +108,8 @@ pub async fn serve(config: Config, listeners: Vec<Listener>, shutdown: impl Futu
             version: env!("CARGO_PKG_VERSION"),
         }))
         .await?;
-    let egress = Egress::new(&config.dns, config.limits.connect_timeout, local.clone()).map_err(StartError::Resolver)?;
+    let egress = Egress::new(&config.dns, config.limits.connect_timeout, local.clone())
+        .map_err(StartError::Resolver)?;
     for l in &listeners {
         if let Ok(addr) = l.socket.local_addr() {
             tracing::info!(%addr, plugin = l.plugin.as_deref().unwrap_or("-"), "listening");

@@ -38,6 +38,9 @@ pub enum AuditError {
 
 type Ack = oneshot::Sender<Result<(), AuditError>>;
 
+/// The bytes of an in-memory trail.
+pub type MemoryTrail = Arc<std::sync::Mutex<Vec<u8>>>;
+
 enum Job {
     Write(Box<Record>, Option<Ack>),
     Flush(Ack),
@@ -69,17 +72,27 @@ impl Audit {
             AuditPath::Stdout => Sink::Stdout,
             AuditPath::File(p) => Sink::File(open_append(p)?, p.clone()),
         };
+        Audit::start(sink)
+    }
+
+    fn start(sink: Sink) -> io::Result<(Audit, WriterHandle)> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || writer_loop(sink, rx))?;
-        Ok((
-            Audit {
-                tx,
-                ids: Arc::new(IdGenerator::new()),
-            },
-            WriterHandle { thread },
-        ))
+        let audit = Audit {
+            tx,
+            ids: Arc::new(IdGenerator::new()),
+        };
+        Ok((audit, WriterHandle { thread }))
+    }
+
+    /// A trail kept in memory (for fuzzing and tests): returns the handle and the shared buffer.
+    #[doc(hidden)]
+    pub fn in_memory() -> io::Result<(Audit, WriterHandle, MemoryTrail)> {
+        let buffer = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (audit, writer) = Audit::start(Sink::Memory(buffer.clone()))?;
+        Ok((audit, writer, buffer))
     }
 
     /// A fresh, unique audit id.
@@ -106,7 +119,10 @@ impl Audit {
     /// Waits until everything queued so far is written.
     pub async fn flush(&self) -> Result<(), AuditError> {
         let (ack, done) = oneshot::channel();
-        self.tx.send(Job::Flush(ack)).await.map_err(|_| AuditError::Closed)?;
+        self.tx
+            .send(Job::Flush(ack))
+            .await
+            .map_err(|_| AuditError::Closed)?;
         done.await.unwrap_or(Err(AuditError::Closed))
     }
 }
@@ -125,6 +141,7 @@ fn open_append(path: &PathBuf) -> io::Result<File> {
 enum Sink {
     Stdout,
     File(File, PathBuf),
+    Memory(MemoryTrail),
 }
 
 impl Sink {
@@ -136,6 +153,12 @@ impl Sink {
                 out.flush()
             }
             Sink::File(file, _) => file.write_all(bytes),
+            Sink::Memory(buf) => {
+                buf.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend_from_slice(bytes);
+                Ok(())
+            }
         }
     }
 }
@@ -150,7 +173,8 @@ fn writer_loop(mut sink: Sink, mut rx: mpsc::Receiver<Job>) {
         while let Some(job) = next.take() {
             match job {
                 Job::Write(record, ack) => {
-                    serde_json::to_writer(&mut buf, &*record).expect("audit records always serialise");
+                    serde_json::to_writer(&mut buf, &*record)
+                        .expect("audit records always serialise");
                     buf.push(b'\n');
                     acks.extend(ack);
                 }
@@ -164,6 +188,7 @@ fn writer_loop(mut sink: Sink, mut rx: mpsc::Receiver<Job>) {
         let result = sink.write_batch(&buf).map_err(|e| {
             let target = match &sink {
                 Sink::Stdout => "stdout".to_string(),
+                Sink::Memory(_) => "memory".to_string(),
                 Sink::File(_, p) => p.display().to_string(),
             };
             tracing::error!(error = %e, trail = %target, "audit write failed");

@@ -16,14 +16,18 @@ use std::time::Duration;
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
-pub use diag::{ConfigError, Diagnostic};
 use diag::Diagnostics;
+pub use diag::{ConfigError, Diagnostic};
 use raw::{RawFile, RawRule};
 
 use crate::target::{self, Host};
 
 /// The only policy format version this build understands.
 pub const SUPPORTED_VERSION: i64 = 1;
+/// Broadest `cidr` allow block strict mode accepts: several broad blocks could add up to
+/// "everything" without any one of them being `/0`.
+pub const STRICT_MIN_PREFIX_V4: u8 = 8;
+pub const STRICT_MIN_PREFIX_V6: u8 = 16;
 /// Ports an allow rule covers when it names none.
 pub const DEFAULT_ALLOW_PORTS: [u16; 2] = [80, 443];
 
@@ -175,7 +179,11 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
         Ok(t) => t,
         Err(e) => {
             let mut diags = Diagnostics::new(path, "");
-            diags.error(0..0, "", format!("file is not valid UTF-8 (byte {})", e.valid_up_to()));
+            diags.error(
+                0..0,
+                "",
+                format!("file is not valid UTF-8 (byte {})", e.valid_up_to()),
+            );
             return Err(diags.finish().unwrap_err().into());
         }
     };
@@ -202,7 +210,10 @@ fn build(path: &Path, text: &str, raw: RawFile, diags: &mut Diagnostics) -> Conf
         diags.error(
             raw.version.span(),
             "version",
-            format!("unsupported version {}; this build reads version {SUPPORTED_VERSION}", raw.version.get_ref()),
+            format!(
+                "unsupported version {}; this build reads version {SUPPORTED_VERSION}",
+                raw.version.get_ref()
+            ),
         );
     }
     let proxy = raw.proxy.unwrap_or_default();
@@ -212,8 +223,9 @@ fn build(path: &Path, text: &str, raw: RawFile, diags: &mut Diagnostics) -> Conf
     let policy = raw.policy.unwrap_or_default();
     let strict = policy.strict.unwrap_or(true);
 
+    let mut seen_listen: HashSet<SocketAddr> = HashSet::new();
     let listen = match proxy.listen {
-        Some(list) => socket_addrs(&list, "proxy.listen", None, diags),
+        Some(list) => listener_addrs(&list, "proxy.listen", &mut seen_listen, diags),
         None => vec![SocketAddr::from(([127, 0, 0, 1], 3128))],
     };
 
@@ -221,35 +233,83 @@ fn build(path: &Path, text: &str, raw: RawFile, diags: &mut Diagnostics) -> Conf
         None => AuditPath::File(PathBuf::from("audit.jsonl")),
         Some(p) if p.get_ref() == "-" => AuditPath::Stdout,
         Some(p) if p.get_ref().is_empty() => {
-            diags.error(p.span(), "audit.path", "must be a file path or \"-\" for stdout");
+            diags.error(
+                p.span(),
+                "audit.path",
+                "must be a file path or \"-\" for stdout",
+            );
             AuditPath::Stdout
         }
         Some(p) => AuditPath::File(PathBuf::from(p.into_inner())),
     };
 
-    let nameservers = socket_addrs(&dns.nameservers.unwrap_or_default(), "dns.nameservers", Some(53), diags);
+    let nameservers = socket_addrs(
+        &dns.nameservers.unwrap_or_default(),
+        "dns.nameservers",
+        Some(53),
+        diags,
+    );
     let dns = DnsConfig {
         nameservers,
         timeout: duration(dns.timeout, "dns.timeout", Duration::from_secs(5), diags),
     };
 
     let limits = Limits {
-        connect_timeout: duration(limits.connect_timeout, "limits.connect_timeout", Duration::from_secs(10), diags),
-        header_read_timeout: duration(limits.header_read_timeout, "limits.header_read_timeout", Duration::from_secs(10), diags),
-        idle_timeout: duration(limits.idle_timeout, "limits.idle_timeout", Duration::from_secs(300), diags),
-        max_connections: bounded_int(limits.max_connections, "limits.max_connections", 4096, 1..=1_000_000, diags),
-        max_header_bytes: bounded_int(limits.max_header_bytes, "limits.max_header_bytes", 65536, 8192..=1 << 20, diags),
+        connect_timeout: duration(
+            limits.connect_timeout,
+            "limits.connect_timeout",
+            Duration::from_secs(10),
+            diags,
+        ),
+        header_read_timeout: duration(
+            limits.header_read_timeout,
+            "limits.header_read_timeout",
+            Duration::from_secs(10),
+            diags,
+        ),
+        idle_timeout: duration(
+            limits.idle_timeout,
+            "limits.idle_timeout",
+            Duration::from_secs(300),
+            diags,
+        ),
+        max_connections: bounded_int(
+            limits.max_connections,
+            "limits.max_connections",
+            4096,
+            1..=1_000_000,
+            diags,
+        ),
+        max_header_bytes: bounded_int(
+            limits.max_header_bytes,
+            "limits.max_header_bytes",
+            65536,
+            8192..=1 << 20,
+            diags,
+        ),
     };
 
-    let mode = match policy.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+    let mode = match policy
+        .mode
+        .as_ref()
+        .map(|m| (m.get_ref().as_str(), m.span()))
+    {
         None | Some(("enforce", _)) => Mode::Enforce,
         Some(("report", _)) => Mode::Report,
         Some((other, span)) => {
-            diags.error(span, "policy.mode", format!("unknown mode {other:?}; expected \"enforce\" or \"report\""));
+            diags.error(
+                span,
+                "policy.mode",
+                format!("unknown mode {other:?}; expected \"enforce\" or \"report\""),
+            );
             Mode::Enforce
         }
     };
-    let private_ip_mode = match policy.private_ip_mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+    let private_ip_mode = match policy
+        .private_ip_mode
+        .as_ref()
+        .map(|m| (m.get_ref().as_str(), m.span()))
+    {
         None | Some(("deny", _)) => PrivateIpMode::Deny,
         Some(("allow", span)) => {
             if strict {
@@ -262,35 +322,58 @@ fn build(path: &Path, text: &str, raw: RawFile, diags: &mut Diagnostics) -> Conf
             PrivateIpMode::Allow
         }
         Some((other, span)) => {
-            diags.error(span, "policy.private_ip_mode", format!("unknown value {other:?}; expected \"deny\" or \"allow\""));
+            diags.error(
+                span,
+                "policy.private_ip_mode",
+                format!("unknown value {other:?}; expected \"deny\" or \"allow\""),
+            );
             PrivateIpMode::Deny
         }
     };
 
-    let allow = rules(policy.allow.unwrap_or_default(), "policy.allow", RuleKind::Allow, strict, diags);
-    let deny = rules(policy.deny.unwrap_or_default(), "policy.deny", RuleKind::Deny, strict, diags);
+    let allow = rules(
+        policy.allow.unwrap_or_default(),
+        "policy.allow",
+        RuleKind::Allow,
+        strict,
+        diags,
+    );
+    let deny = rules(
+        policy.deny.unwrap_or_default(),
+        "policy.deny",
+        RuleKind::Deny,
+        strict,
+        diags,
+    );
 
-    let mut seen_listen: HashSet<SocketAddr> = listen.iter().copied().collect();
     let mut plugins = BTreeMap::new();
     for (name, plugin) in raw.plugins.unwrap_or_default() {
         let key = format!("plugins.{name}");
         let span = plugin.span();
         let plugin = plugin.into_inner();
         if !valid_plugin_name(&name) {
-            diags.error(span.clone(), &key, "plugin names use only a-z, 0-9, '-' and '_' (1 to 64 characters)");
+            diags.error(
+                span.clone(),
+                &key,
+                "plugin names use only a-z, 0-9, '-' and '_' (1 to 64 characters)",
+            );
         }
-        let plugin_listen = socket_addrs(&plugin.listen.unwrap_or_default(), &format!("{key}.listen"), None, diags);
-        for addr in &plugin_listen {
-            if !seen_listen.insert(*addr) {
-                diags.error(span.clone(), format!("{key}.listen"), format!("{addr} is already used by another listener"));
-            }
-        }
+        let plugin_listen = listener_addrs(
+            &plugin.listen.unwrap_or_default(),
+            &format!("{key}.listen"),
+            &mut seen_listen,
+            diags,
+        );
         let token_sha256 = plugin.token_sha256.and_then(|t| {
             let mut out = [0u8; 32];
             match hex::decode_to_slice(t.get_ref(), &mut out) {
                 Ok(()) => Some(out),
                 Err(_) => {
-                    diags.error(t.span(), format!("{key}.token_sha256"), "must be 64 hexadecimal characters (the SHA-256 of the token)");
+                    diags.error(
+                        t.span(),
+                        format!("{key}.token_sha256"),
+                        "must be 64 hexadecimal characters (the SHA-256 of the token)",
+                    );
                     None
                 }
             }
@@ -298,8 +381,20 @@ fn build(path: &Path, text: &str, raw: RawFile, diags: &mut Diagnostics) -> Conf
         let config = PluginConfig {
             listen: plugin_listen,
             token_sha256,
-            allow: rules(plugin.allow.unwrap_or_default(), &format!("{key}.allow"), RuleKind::Allow, strict, diags),
-            deny: rules(plugin.deny.unwrap_or_default(), &format!("{key}.deny"), RuleKind::Deny, strict, diags),
+            allow: rules(
+                plugin.allow.unwrap_or_default(),
+                &format!("{key}.allow"),
+                RuleKind::Allow,
+                strict,
+                diags,
+            ),
+            deny: rules(
+                plugin.deny.unwrap_or_default(),
+                &format!("{key}.deny"),
+                RuleKind::Deny,
+                strict,
+                diags,
+            ),
         };
         plugins.insert(name, config);
     }
@@ -396,14 +491,33 @@ fn host_pattern(
         None => (false, raw),
     };
     if name.contains('*') {
-        diags.error(host.span(), key, "`*` is only allowed as a whole leading label (`*.example.com`) or alone");
+        diags.error(
+            host.span(),
+            key,
+            "`*` is only allowed as a whole leading label (`*.example.com`) or alone",
+        );
         return None;
     }
     match target::normalize_host(name) {
+        Ok(Host::Name(n)) if wildcard && strict && kind == RuleKind::Allow && !n.contains('.') => {
+            diags.error(
+                host.span(),
+                key,
+                format!("`*.{n}` allows a whole top-level domain and is refused in strict mode: name the domains you need"),
+            );
+            None
+        }
         Ok(Host::Name(n)) if wildcard => Some(HostPattern::Subdomains(n)),
         Ok(Host::Name(n)) => Some(HostPattern::Exact(n)),
         Ok(Host::Ip(ip)) => {
-            diags.error(host.span(), key, format!("{ip} is an address: use `cidr = \"{ip}/{}\"` for address rules", if ip.is_ipv4() { 32 } else { 128 }));
+            diags.error(
+                host.span(),
+                key,
+                format!(
+                    "{ip} is an address: use `cidr = \"{ip}/{}\"` for address rules",
+                    if ip.is_ipv4() { 32 } else { 128 }
+                ),
+            );
             None
         }
         Err(e) => {
@@ -427,13 +541,21 @@ fn cidr_matcher(
         Err(_) => match raw.parse::<std::net::IpAddr>() {
             Ok(ip) => IpNet::from(ip),
             Err(_) => {
-                diags.error(cidr.span(), key, format!("{raw:?} is not an address or CIDR block such as \"10.0.0.0/8\""));
+                diags.error(
+                    cidr.span(),
+                    key,
+                    format!("{raw:?} is not an address or CIDR block such as \"10.0.0.0/8\""),
+                );
                 return None;
             }
         },
     };
     if net.trunc() != net {
-        diags.error(cidr.span(), key, format!("host bits are set; did you mean \"{}\"?", net.trunc()));
+        diags.error(
+            cidr.span(),
+            key,
+            format!("host bits are set; did you mean \"{}\"?", net.trunc()),
+        );
         return None;
     }
     if strict && kind == RuleKind::Allow && net.prefix_len() == 0 {
@@ -444,21 +566,46 @@ fn cidr_matcher(
         );
         return None;
     }
+    let broadest = if net.addr().is_ipv4() {
+        STRICT_MIN_PREFIX_V4
+    } else {
+        STRICT_MIN_PREFIX_V6
+    };
+    if strict && kind == RuleKind::Allow && net.prefix_len() < broadest {
+        diags.error(
+            cidr.span(),
+            key,
+            format!("a /{} allow block is broader than strict mode accepts (/{broadest} at most): allow the specific addresses this workload needs", net.prefix_len()),
+        );
+        return None;
+    }
     Some(net)
 }
 
-fn port_list(list: &toml::Spanned<Vec<toml::Spanned<i64>>>, key: &str, diags: &mut Diagnostics) -> Option<Ports> {
+fn port_list(
+    list: &toml::Spanned<Vec<toml::Spanned<i64>>>,
+    key: &str,
+    diags: &mut Diagnostics,
+) -> Option<Ports> {
     if list.get_ref().is_empty() {
-        diags.error(list.span(), key, "an empty port list matches nothing; omit `ports` for the default or list ports");
+        diags.error(
+            list.span(),
+            key,
+            "an empty port list matches nothing; omit `ports` for the default or list ports",
+        );
         return None;
     }
     let mut ports = Vec::with_capacity(list.get_ref().len());
     let mut ok = true;
-    for p in list.get_ref() {
+    for (i, p) in list.get_ref().iter().enumerate() {
         match u16::try_from(*p.get_ref()) {
             Ok(port) if port != 0 => ports.push(port),
             _ => {
-                diags.error(p.span(), key, format!("{} is not a port from 1 to 65535", p.get_ref()));
+                diags.error(
+                    p.span(),
+                    format!("{key}[{i}]"),
+                    format!("{} is not a port from 1 to 65535", p.get_ref()),
+                );
                 ok = false;
             }
         }
@@ -482,17 +629,62 @@ fn socket_addrs(
             Some(SocketAddr::new(ip, default_port?))
         });
         match parsed {
+            Some(addr) if addr.port() == 0 && default_port.is_some() => {
+                diags.error(
+                    item.span(),
+                    key,
+                    format!("{raw:?}: port 0 is not a DNS server port"),
+                );
+            }
             Some(addr) => out.push(addr),
             None => {
-                let form = if default_port.is_some() { "\"IP\" or \"IP:port\"" } else { "\"IP:port\" (e.g. \"127.0.0.1:3128\")" };
-                diags.error(item.span(), key, format!("{raw:?} is not an address of the form {form}"));
+                let form = if default_port.is_some() {
+                    "\"IP\" or \"IP:port\""
+                } else {
+                    "\"IP:port\" (e.g. \"127.0.0.1:3128\")"
+                };
+                diags.error(
+                    item.span(),
+                    key,
+                    format!("{raw:?} is not an address of the form {form}"),
+                );
             }
         }
     }
     out
 }
 
-fn duration(raw: Option<toml::Spanned<String>>, key: &str, default: Duration, diags: &mut Diagnostics) -> Duration {
+/// Listener addresses: like `socket_addrs`, and each may be used once across all listeners.
+fn listener_addrs(
+    list: &[toml::Spanned<String>],
+    key: &str,
+    seen: &mut HashSet<SocketAddr>,
+    diags: &mut Diagnostics,
+) -> Vec<SocketAddr> {
+    let mut out = Vec::with_capacity(list.len());
+    for item in list {
+        let Some(addr) = socket_addrs(std::slice::from_ref(item), key, None, diags).pop() else {
+            continue;
+        };
+        if seen.insert(addr) {
+            out.push(addr);
+        } else {
+            diags.error(
+                item.span(),
+                key,
+                format!("{addr} is already used by another listener"),
+            );
+        }
+    }
+    out
+}
+
+fn duration(
+    raw: Option<toml::Spanned<String>>,
+    key: &str,
+    default: Duration,
+    diags: &mut Diagnostics,
+) -> Duration {
     let Some(raw) = raw else { return default };
     match humantime::parse_duration(raw.get_ref()) {
         Ok(d) if !d.is_zero() => d,
@@ -501,7 +693,14 @@ fn duration(raw: Option<toml::Spanned<String>>, key: &str, default: Duration, di
             default
         }
         Err(e) => {
-            diags.error(raw.span(), key, format!("{:?} is not a duration such as \"10s\" or \"5m\": {e}", raw.get_ref()));
+            diags.error(
+                raw.span(),
+                key,
+                format!(
+                    "{:?} is not a duration such as \"10s\" or \"5m\": {e}",
+                    raw.get_ref()
+                ),
+            );
             default
         }
     }
@@ -518,7 +717,11 @@ fn bounded_int(
     match usize::try_from(*raw.get_ref()) {
         Ok(v) if range.contains(&v) => v,
         _ => {
-            diags.error(raw.span(), key, format!("must be from {} to {}", range.start(), range.end()));
+            diags.error(
+                raw.span(),
+                key,
+                format!("must be from {} to {}", range.start(), range.end()),
+            );
             default
         }
     }

@@ -6,8 +6,12 @@
 //! literals never reach the resolver at all. Reviewers: proving "no unvetted dial" means reading
 //! this file.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
@@ -16,6 +20,7 @@ use hickory_resolver::config::{
     ResolverOpts,
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::config::DnsConfig;
@@ -66,11 +71,73 @@ pub enum EgressError {
     Connect(io::Error),
 }
 
-/// Resolver, connect timeout and the proxy's own listeners (which it must never dial).
+/// Resolver, dialer, connect timeout and the proxy's own listeners (which it must never dial).
 pub struct Egress {
-    resolver: TokioResolver,
+    lookup: Lookup,
+    dialer: Dialer,
     connect_timeout: Duration,
     own_listeners: Vec<SocketAddr>,
+}
+
+/// Where names are resolved.
+enum Lookup {
+    Dns(Box<TokioResolver>),
+    /// A fixed table, for fuzzing the whole request path without a network.
+    Fixed(HashMap<String, Vec<IpAddr>>),
+}
+
+/// How a vetted address is dialed.
+enum Dialer {
+    Tcp,
+    /// Records every dial and hands back an in-memory peer (fuzzing only).
+    Recording(Arc<RecordingDialer>),
+}
+
+/// An upstream connection: a real TCP stream, or an in-memory one from a [`RecordingDialer`].
+pub enum Upstream {
+    Tcp(TcpStream),
+    Memory(DuplexStream),
+}
+
+/// A dialer that never touches the network: it records each vetted address it is asked for and
+/// connects the request to an in-memory peer that answers every request with a small 200.
+#[derive(Default)]
+pub struct RecordingDialer {
+    dialed: Mutex<Vec<SocketAddr>>,
+}
+
+impl RecordingDialer {
+    /// Every address dialed so far.
+    pub fn dialed(&self) -> Vec<SocketAddr> {
+        self.dialed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn dial(&self, addr: SocketAddr) -> DuplexStream {
+        self.dialed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(addr);
+        let (ours, mut peer) = tokio::io::duplex(16 * 1024);
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buf = [0u8; 4096];
+            // Answer each read with a complete response; stop at EOF or error.
+            while let Ok(n) = peer.read(&mut buf).await {
+                if n == 0
+                    || peer
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await
+                        .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        ours
+    }
 }
 
 impl Egress {
@@ -103,10 +170,28 @@ impl Egress {
             .build()
             .map_err(io::Error::other)?;
         Ok(Egress {
-            resolver,
+            lookup: Lookup::Dns(Box::new(resolver)),
+            dialer: Dialer::Tcp,
             connect_timeout,
             own_listeners,
         })
+    }
+
+    /// An egress with a fixed name table and a [`RecordingDialer`]: the full request path with no
+    /// network at all. For fuzzing and tests only; the vetting is the same code as in production.
+    #[doc(hidden)]
+    pub fn offline(
+        names: HashMap<String, Vec<IpAddr>>,
+        dialer: Arc<RecordingDialer>,
+        connect_timeout: Duration,
+        own_listeners: Vec<SocketAddr>,
+    ) -> Egress {
+        Egress {
+            lookup: Lookup::Fixed(names),
+            dialer: Dialer::Recording(dialer),
+            connect_timeout,
+            own_listeners,
+        }
     }
 
     /// Resolves a target once and vets every address. Address literals skip the resolver.
@@ -141,14 +226,18 @@ impl Egress {
     }
 
     async fn lookup(&self, name: &str) -> Result<Vec<IpAddr>, EgressError> {
-        // A fully qualified query: no search-domain expansion can change what is asked.
-        let fqdn = format!("{name}.");
-        let lookup = self
-            .resolver
-            .lookup_ip(fqdn.as_str())
-            .await
-            .map_err(|e| EgressError::Dns(e.to_string()))?;
-        let mut ips: Vec<IpAddr> = lookup.iter().collect();
+        let mut ips: Vec<IpAddr> = match &self.lookup {
+            Lookup::Dns(resolver) => {
+                // A fully qualified query: no search-domain expansion can change what is asked.
+                let fqdn = format!("{name}.");
+                let lookup = resolver
+                    .lookup_ip(fqdn.as_str())
+                    .await
+                    .map_err(|e| EgressError::Dns(e.to_string()))?;
+                lookup.iter().collect()
+            }
+            Lookup::Fixed(table) => table.get(name).cloned().unwrap_or_default(),
+        };
         ips.dedup();
         if ips.is_empty() {
             return Err(EgressError::Dns(format!("{name}: no addresses")));
@@ -157,14 +246,24 @@ impl Egress {
     }
 
     /// Connects to the first vetted address that accepts, within the connect timeout overall.
-    pub async fn connect(&self, resolved: &Resolved) -> Result<(TcpStream, VettedAddr), EgressError> {
+    pub async fn connect(
+        &self,
+        resolved: &Resolved,
+    ) -> Result<(Upstream, VettedAddr), EgressError> {
         let attempt = async {
             let mut last = EgressError::ConnectRefused;
             for addr in &resolved.addrs {
+                let dialer = match &self.dialer {
+                    Dialer::Tcp => None,
+                    Dialer::Recording(r) => Some(r),
+                };
+                if let Some(recording) = dialer {
+                    return Ok((Upstream::Memory(recording.dial(addr.0)), *addr));
+                }
                 match TcpStream::connect(addr.0).await {
                     Ok(stream) => {
                         let _ = stream.set_nodelay(true);
-                        return Ok((stream, *addr));
+                        return Ok((Upstream::Tcp(stream), *addr));
                     }
                     Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                         last = EgressError::ConnectRefused
@@ -186,4 +285,64 @@ fn name_server(addr: &SocketAddr) -> NameServerConfig {
     let mut tcp = ConnectionConfig::tcp();
     tcp.port = addr.port();
     NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
+}
+
+// === impl Upstream ===
+
+impl AsyncRead for Upstream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Upstream::Memory(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Upstream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Upstream::Memory(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Upstream::Memory(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Upstream::Tcp(s) => s.is_write_vectored(),
+            Upstream::Memory(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Upstream::Memory(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Upstream::Memory(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
 }

@@ -2,11 +2,11 @@
 #![forbid(unsafe_code)]
 
 pub mod addr;
-pub mod config;
-pub mod policy;
-pub mod target;
+pub mod app;
 pub mod audit;
+pub mod config;
 pub mod egress;
+pub mod policy;
 pub mod proxy;
 pub mod server;
-pub mod app;
+pub mod target;

@@ -10,7 +10,11 @@ use egress_gate::config::{self, Config, LoadError};
 use egress_gate::{app, policy::Policy};
 
 #[derive(Parser)]
-#[command(name = "egress-gate", version, about = "An egress-enforcing HTTP(S) forward proxy")]
+#[command(
+    name = "egress-gate",
+    version,
+    about = "An egress-enforcing HTTP(S) forward proxy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -66,7 +70,11 @@ fn load_or_report(file: &std::path::Path) -> Option<Config> {
             for d in &e.diagnostics {
                 eprintln!("{d}");
             }
-            eprintln!("{}: {} error(s); policy refused", file.display(), e.diagnostics.len());
+            eprintln!(
+                "{}: {} error(s); policy refused",
+                file.display(),
+                e.diagnostics.len()
+            );
             None
         }
         Err(e) => {
@@ -81,7 +89,11 @@ fn check(file: &std::path::Path) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let p = &config.policy;
-    let plugin_rules: usize = config.plugins.values().map(|x| x.allow.len() + x.deny.len()).sum();
+    let plugin_rules: usize = config
+        .plugins
+        .values()
+        .map(|x| x.allow.len() + x.deny.len())
+        .sum();
     println!(
         "{}: ok (sha256 {})\n  mode {:?}, strict {}, private_ip_mode {:?}\n  {} allow and {} deny rule(s) global; {} plugin(s) with {} rule(s)\n  listen {}",
         file.display(),
@@ -93,7 +105,13 @@ fn check(file: &std::path::Path) -> ExitCode {
         p.deny.len(),
         config.plugins.len(),
         plugin_rules,
-        config.proxy.listen.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+        config
+            .proxy
+            .listen
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
     );
     // Compiling proves the rules load into matchers as the server would.
     let _ = Policy::compile(&config);

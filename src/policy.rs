@@ -49,8 +49,13 @@ struct RuleSet {
 /// What the rules say about a target, before any address is known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Allow { rule: RuleId },
-    Deny { reason: DenyReason, rule: Option<RuleId> },
+    Allow {
+        rule: RuleId,
+    },
+    Deny {
+        reason: DenyReason,
+        rule: Option<RuleId>,
+    },
 }
 
 /// Why a request was denied. `code()` is the stable reason code clients and records carry.
@@ -216,8 +221,13 @@ impl Policy {
                 let Class::NonPublic(np) = addr::classify(ip) else {
                     return false;
                 };
-                let waived = self.private_ip_mode == PrivateIpMode::Allow && np.name != addr::CLOUD_METADATA;
-                let excepted = || sets.iter().flatten().any(|s| s.allow.match_addr(ip, port).is_some());
+                let waived =
+                    self.private_ip_mode == PrivateIpMode::Allow && np.name != addr::CLOUD_METADATA;
+                let excepted = || {
+                    sets.iter()
+                        .flatten()
+                        .any(|s| s.allow.match_addr(ip, port).is_some())
+                };
                 !waived && !excepted()
             })
             .collect();
@@ -227,9 +237,11 @@ impl Policy {
                 rule: None,
             });
         }
-        let denied_by = addrs
-            .iter()
-            .find_map(|&ip| sets.iter().flatten().find_map(|s| s.deny.match_addr(ip, port)));
+        let denied_by = addrs.iter().find_map(|&ip| {
+            sets.iter()
+                .flatten()
+                .find_map(|s| s.deny.match_addr(ip, port))
+        });
         match denied_by {
             None => Ok(None),
             Some(rule) if self.mode == Mode::Report => Ok(Some(rule.clone())),
@@ -244,7 +256,9 @@ impl Policy {
 /// The proxy must never dial itself: that would loop a request back through its own policy.
 fn is_own_listener(ip: IpAddr, port: u16, own: &[SocketAddr]) -> bool {
     own.iter().any(|l| {
-        l.port() == port && (l.ip() == ip || (l.ip().is_unspecified() && (ip.is_loopback() || ip.is_unspecified())))
+        l.port() == port
+            && (l.ip() == ip
+                || (l.ip().is_unspecified() && (ip.is_loopback() || ip.is_unspecified())))
     })
 }
 

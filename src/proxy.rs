@@ -65,7 +65,10 @@ impl Proxy {
 
     /// The policy in force right now.
     pub fn policy(&self) -> Arc<Policy> {
-        self.policy.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Swaps in a new policy; requests already decided keep the one they started with.
@@ -87,7 +90,11 @@ impl Proxy {
     }
 
     /// Handles one request. Never fails: every error becomes a response.
-    pub async fn serve(self: Arc<Self>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    pub async fn serve(
+        self: Arc<Self>,
+        conn: Arc<ConnInfo>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Infallible> {
         let policy = self.policy();
         let mut ex = Exchange::new(self.audit.next_id(), &conn, &req, Instant::now());
         match self.process(&policy, &conn, &mut ex, req).await {
@@ -137,12 +144,19 @@ impl Proxy {
         target: &Target,
         decision: &Decision,
     ) -> Result<Resolved, ProxyError> {
-        match self.egress.resolve(policy, ex.plugin.as_deref(), target, decision).await {
+        match self
+            .egress
+            .resolve(policy, ex.plugin.as_deref(), target, decision)
+            .await
+        {
             Ok(resolved) => {
                 ex.resolved = resolved.ips();
                 // Only when the rules allowed the name: a literal's deny was reported already.
-                if let (Some(rule), Outcome::Allow { .. }) = (&resolved.reported_rule, &decision.outcome) {
-                    let record = ex.violation(policy, "deny_rule", Some(rule), ex.resolved.clone(), false);
+                if let (Some(rule), Outcome::Allow { .. }) =
+                    (&resolved.reported_rule, &decision.outcome)
+                {
+                    let record =
+                        ex.violation(policy, "deny_rule", Some(rule), ex.resolved.clone(), false);
                     self.audit.commit(record).await.map_err(ProxyError::Audit)?;
                 }
                 Ok(resolved)
@@ -173,14 +187,18 @@ impl Proxy {
         );
         if err.is_refusal() {
             let addresses = match &err {
-                ProxyError::Denied { reason: crate::policy::DenyReason::NonPublicAddress(a), .. } => a.clone(),
+                ProxyError::Denied {
+                    reason: crate::policy::DenyReason::NonPublicAddress(a),
+                    ..
+                } => a.clone(),
                 _ => Vec::new(),
             };
             let rule = match &err {
                 ProxyError::Denied { rule, .. } => rule.clone(),
                 _ => None,
             };
-            self.audit.submit(ex.violation(policy, err.reason(), rule.as_ref(), addresses, true));
+            self.audit
+                .submit(ex.violation(policy, err.reason(), rule.as_ref(), addresses, true));
         }
         let decision = if err.is_refusal() { "deny" } else { "allow" };
         let record = ex.net_req(policy, decision, Some(err.reason()), status, 0, 0);
@@ -221,7 +239,12 @@ fn parse_target(req: &Request<Incoming>) -> Result<Target, ProxyError> {
             reason: "invalid_target",
             detail: "CONNECT needs host:port",
         })?;
-        if req.uri().scheme().is_some() || req.uri().path_and_query().is_some_and(|p| p.as_str() != "/") {
+        if req.uri().scheme().is_some()
+            || req
+                .uri()
+                .path_and_query()
+                .is_some_and(|p| p.as_str() != "/")
+        {
             return Err(ProxyError::BadRequest {
                 reason: "invalid_target",
                 detail: "CONNECT needs host:port",
@@ -235,8 +258,7 @@ fn parse_target(req: &Request<Incoming>) -> Result<Target, ProxyError> {
 fn has_body(req: &Request<Incoming>) -> bool {
     let h = req.headers();
     h.contains_key(header::TRANSFER_ENCODING)
-        || h
-            .get_all(header::CONTENT_LENGTH)
+        || h.get_all(header::CONTENT_LENGTH)
             .iter()
             .any(|v| v.as_bytes() != b"0")
 }

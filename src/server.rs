@@ -13,7 +13,7 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -35,7 +35,11 @@ pub struct Listener {
 }
 
 /// Serves until `shutdown` resolves, then drains.
-pub async fn run(listeners: Vec<Listener>, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+pub async fn run(
+    listeners: Vec<Listener>,
+    proxy: Arc<Proxy>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
     let stop = CancellationToken::new();
     let connections = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(proxy.limits().max_connections));
@@ -117,6 +121,19 @@ async fn serve_connection(
     stop: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    serve_stream(stream, info, proxy, stop).await;
+}
+
+/// Serves HTTP/1.1 proxy requests on one client byte stream until it ends or `stop` fires.
+/// Public so the fuzzing harness can drive the real service with in-memory streams.
+pub async fn serve_stream<S>(
+    stream: S,
+    info: Arc<ConnInfo>,
+    proxy: Arc<Proxy>,
+    stop: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let limits = proxy.limits().clone();
     let service = service_fn(move |req| proxy.clone().serve(info.clone(), req));
     let conn = http1::Builder::new()

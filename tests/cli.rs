@@ -25,7 +25,11 @@ fn run(args: &[&str]) -> (i32, String, String) {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
@@ -49,10 +53,24 @@ fn check_reports_every_error_with_file_line_col_and_key() {
     assert_eq!(code, 1, "stdout: {out}\nstderr: {err}");
     let f = file.display();
     let lines: Vec<&str> = err.lines().collect();
-    assert!(lines[0].starts_with(&format!("{f}:3:19: policy.private_ip_mode: ")), "{err}");
-    assert!(lines[1].starts_with(&format!("{f}:5:8: policy.allow[0].host: universal allow")), "{err}");
-    assert!(lines[2].starts_with(&format!("{f}:7:8: policy.allow[1].cidr: universal allow")), "{err}");
-    assert!(lines[3].starts_with(&format!("{f}:8:10: policy.allow[1].ports: 0 is not a port")), "{err}");
+    assert!(
+        lines[0].starts_with(&format!("{f}:3:19: policy.private_ip_mode: ")),
+        "{err}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("{f}:5:8: policy.allow[0].host: universal allow")),
+        "{err}"
+    );
+    assert!(
+        lines[2].starts_with(&format!("{f}:7:8: policy.allow[1].cidr: universal allow")),
+        "{err}"
+    );
+    assert!(
+        lines[3].starts_with(&format!(
+            "{f}:8:10: policy.allow[1].ports[0]: 0 is not a port"
+        )),
+        "{err}"
+    );
     assert!(lines[4].ends_with("4 error(s); policy refused"), "{err}");
 }
 
@@ -63,11 +81,17 @@ fn check_rejects_unknown_keys_and_missing_files() {
     std::fs::write(&file, "version = 1\n[polcy]\n").unwrap();
     let (code, _, err) = run(&["check", file.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(err.contains(&format!("{}:2:", file.display())) && err.contains("unknown field `polcy`"), "{err}");
+    assert!(
+        err.contains(&format!("{}:2:", file.display())) && err.contains("unknown field `polcy`"),
+        "{err}"
+    );
 
     let (code, _, err) = run(&["check", "/nonexistent/policy.toml"]);
     assert_eq!(code, 1);
-    assert!(err.contains("/nonexistent/policy.toml: cannot read policy file"), "{err}");
+    assert!(
+        err.contains("/nonexistent/policy.toml: cannot read policy file"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -77,10 +101,25 @@ fn serve_refuses_to_start_without_a_valid_policy() {
     std::fs::write(&file, "version = 1\n[[policy.allow]]\nhost = \"*\"\n").unwrap();
     let port = free_port().to_string();
     let listen = format!("127.0.0.1:{port}");
-    let (code, _, err) = run(&["serve", "--config", file.to_str().unwrap(), "--listen", &listen]);
+    let (code, _, err) = run(&[
+        "serve",
+        "--config",
+        file.to_str().unwrap(),
+        "--listen",
+        &listen,
+    ]);
     assert_ne!(code, 0);
-    assert!(err.contains(&format!("{}:3:8: policy.allow[0].host", file.display())), "{err}");
-    let (code, _, err) = run(&["serve", "--config", "/nonexistent.toml", "--listen", &listen]);
+    assert!(
+        err.contains(&format!("{}:3:8: policy.allow[0].host", file.display())),
+        "{err}"
+    );
+    let (code, _, err) = run(&[
+        "serve",
+        "--config",
+        "/nonexistent.toml",
+        "--listen",
+        &listen,
+    ]);
     assert_ne!(code, 0);
     assert!(err.contains("cannot read policy file"), "{err}");
     // Nothing is listening: the refusal happened before binding.
@@ -99,15 +138,23 @@ impl Served {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let child = Command::new(BIN)
-            .args(["serve", "--config", policy.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "serve",
+                "--config",
+                policy.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
             .current_dir(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        // Constructed first so that Drop kills the child on every path below.
+        let served = Served { child, dir, port };
         for _ in 0..500 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Served { child, dir, port };
+                return served;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -124,7 +171,10 @@ impl Served {
 
     /// SIGTERM, then wait: the process must exit cleanly and flush the trail.
     fn terminate(mut self) -> String {
-        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
         for _ in 0..1000 {
             if let Some(status) = self.child.try_wait().unwrap() {
                 assert!(status.success(), "serve exited with {status}");
@@ -146,11 +196,22 @@ impl Drop for Served {
 fn curl(args: &[&str], env: &[(&str, &str)]) -> (String, String) {
     let mut cmd = Command::new("curl");
     cmd.args(["-sS", "--max-time", "10"]).args(args);
-    for var in ["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"] {
+    for var in [
+        "http_proxy",
+        "https_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ] {
         cmd.env_remove(var);
     }
     cmd.envs(env.iter().copied());
-    let out = cmd.output().expect("curl is installed (.ci/run installs it)");
+    let out = cmd
+        .output()
+        .expect("curl is installed (.ci/run installs it)");
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -164,42 +225,85 @@ async fn curl_through_the_proxy_via_environment_variables() {
     let policy = dir.path().join("policy.toml");
     std::fs::write(
         &policy,
-        format!("version = 1\n[[policy.allow]]\ncidr = \"127.0.0.1/32\"\nports = [{}]\n", origin.port()),
+        format!(
+            "version = 1\n[[policy.allow]]\ncidr = \"127.0.0.1/32\"\nports = [{}]\n",
+            origin.port()
+        ),
     )
     .unwrap();
-    let served = tokio::task::spawn_blocking(move || Served::start(&policy)).await.unwrap();
+    let served = tokio::task::spawn_blocking(move || Served::start(&policy))
+        .await
+        .unwrap();
     let proxy = served.proxy_url();
     let allowed = format!("http://127.0.0.1:{}/via-env", origin.port());
     let (out, err) = tokio::task::spawn_blocking({
         let (proxy, allowed) = (proxy.clone(), allowed.clone());
         move || {
             let code = ["-o", "/dev/null", "-w", "%{http_code}"];
-            let plain = curl(&[&code[..], &[allowed.as_str()]].concat(), &[("http_proxy", &proxy)]);
+            let plain = curl(
+                &[&code[..], &[allowed.as_str()]].concat(),
+                &[("http_proxy", &proxy)],
+            );
             // HTTPS_PROXY makes curl use CONNECT; --proxytunnel forces it for an http:// URL too.
-            let tunnel = curl(&[&code[..], &["--proxytunnel", allowed.as_str()]].concat(), &[("HTTPS_PROXY", &proxy), ("http_proxy", &proxy)]);
-            let denied = curl(&[&code[..], &["http://127.0.0.1:1/"]].concat(), &[("http_proxy", &proxy)]);
+            let tunnel = curl(
+                &[&code[..], &["--proxytunnel", allowed.as_str()]].concat(),
+                &[("HTTPS_PROXY", &proxy), ("http_proxy", &proxy)],
+            );
+            let denied = curl(
+                &[&code[..], &["http://127.0.0.1:1/"]].concat(),
+                &[("http_proxy", &proxy)],
+            );
             let denied_tls = curl(&["https://example.com/"], &[("HTTPS_PROXY", &proxy)]);
-            (format!("{} {} {}", plain.0, tunnel.0, denied.0), denied_tls.1)
+            (
+                format!("{} {} {}", plain.0, tunnel.0, denied.0),
+                denied_tls.1,
+            )
         }
     })
     .await
     .unwrap();
     assert_eq!(out, "200 200 403", "curl output");
-    assert!(err.contains("403"), "curl should report the CONNECT refusal: {err}");
+    assert!(
+        err.contains("403"),
+        "curl should report the CONNECT refusal: {err}"
+    );
     assert_eq!(origin.requests(), 2);
     let trail = served.terminate();
-    let records: Vec<serde_json::Value> = trail.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let net: Vec<(&str, &str, u64)> = records
+    let records: Vec<serde_json::Value> = trail
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Records are written when each exchange ends; audit ids follow the order requests arrived.
+    let mut net_records: Vec<&serde_json::Value> =
+        records.iter().filter(|r| r["event"] == "net.req").collect();
+    net_records.sort_by_key(|r| r["audit_id"].as_str().unwrap().to_string());
+    let net: Vec<(&str, &str, u64)> = net_records
         .iter()
-        .filter(|r| r["event"] == "net.req")
-        .map(|r| (r["method"].as_str().unwrap(), r["decision"].as_str().unwrap(), r["status"].as_u64().unwrap()))
+        .map(|r| {
+            (
+                r["method"].as_str().unwrap(),
+                r["decision"].as_str().unwrap(),
+                r["status"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         net,
-        vec![("GET", "allow", 200), ("CONNECT", "allow", 200), ("GET", "deny", 403), ("CONNECT", "deny", 403)],
+        vec![
+            ("GET", "allow", 200),
+            ("CONNECT", "allow", 200),
+            ("GET", "deny", 403),
+            ("CONNECT", "deny", 403)
+        ],
         "{trail}"
     );
-    assert_eq!(records.iter().filter(|r| r["event"] == "policy.violation").count(), 2);
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r["event"] == "policy.violation")
+            .count(),
+        2
+    );
     assert_eq!(records[0]["event"], "proxy.start");
 }
 
@@ -220,7 +324,13 @@ async fn the_shipped_default_config_runs_and_denies_internal_destinations() {
             "http://2130706433/".to_string(),
         ]
         .iter()
-        .map(|url| curl(&[&w[..], &[url.as_str()]].concat(), &[("http_proxy", &proxy)]).0)
+        .map(|url| {
+            curl(
+                &[&w[..], &[url.as_str()]].concat(),
+                &[("http_proxy", &proxy)],
+            )
+            .0
+        })
         .collect::<Vec<_>>()
     })
     .await
@@ -228,5 +338,9 @@ async fn the_shipped_default_config_runs_and_denies_internal_destinations() {
     assert_eq!(codes, vec!["403", "403", "403", "403"]);
     assert_eq!(origin.requests(), 0);
     let trail = served.terminate();
-    assert_eq!(trail.matches("\"event\":\"policy.violation\"").count(), 4, "{trail}");
+    assert_eq!(
+        trail.matches("\"event\":\"policy.violation\"").count(),
+        4,
+        "{trail}"
+    );
 }

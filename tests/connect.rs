@@ -30,12 +30,27 @@ async fn allowed_connect_tunnels_to_the_origin_and_is_recorded() {
     assert_eq!(rec["connected"], authority);
     assert_eq!(rec["resolved"], serde_json::json!(["127.0.0.1"]));
     assert!(rec["bytes_up"].as_u64().unwrap() > 20, "{rec}");
-    assert_eq!(rec["bytes_down"].as_u64().unwrap(), inner.head.len() as u64 + 4 + inner.body.len() as u64);
+    assert_eq!(
+        rec["bytes_down"].as_u64().unwrap(),
+        inner.head.len() as u64 + 4 + inner.body.len() as u64
+    );
     assert_eq!(rec["policy_sha256"].as_str().unwrap().len(), 64);
-    for key in ["ts", "audit_id", "plugin", "client", "host", "port", "duration_ms"] {
+    for key in [
+        "ts",
+        "audit_id",
+        "plugin",
+        "client",
+        "host",
+        "port",
+        "duration_ms",
+    ] {
         assert!(rec.get(key).is_some(), "net.req lacks {key}: {rec}");
     }
-    assert!(proxy.violations(rec["audit_id"].as_str().unwrap()).is_empty());
+    assert!(
+        proxy
+            .violations(rec["audit_id"].as_str().unwrap())
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -46,9 +61,17 @@ async fn denied_connect_gets_403_with_reason_and_audit_id_and_nothing_is_dialed(
     let authority = format!("127.0.0.1:{}", origin.port());
     let (resp, _) = connect(proxy.addr, &authority, "").await;
     assert_eq!(resp.status, 403);
-    assert_eq!(resp.header("x-egress-gate-reason").as_deref(), Some("no_matching_rule"));
+    assert_eq!(
+        resp.header("x-egress-gate-reason").as_deref(),
+        Some("no_matching_rule")
+    );
     let audit_id = resp.header("x-egress-gate-audit-id").unwrap();
-    assert!(resp.body_text().contains(&format!("reason=no_matching_rule audit_id={audit_id}")), "{}", resp.body_text());
+    assert!(
+        resp.body_text()
+            .contains(&format!("reason=no_matching_rule audit_id={audit_id}")),
+        "{}",
+        resp.body_text()
+    );
 
     let rec = proxy.net_req(&audit_id).await;
     assert_eq!(rec["decision"], "deny");
@@ -73,13 +96,21 @@ async fn default_policy_denies_loopback_even_with_a_universal_host_rule() {
     for host in ["127.0.0.1", "localhost", "[::1]", "[::ffff:127.0.0.1]"] {
         let (resp, _) = connect(proxy.addr, &format!("{host}:{}", origin.port()), "").await;
         assert_eq!(resp.status, 403, "{host}: {resp:?}");
-        assert_eq!(resp.header("x-egress-gate-reason").as_deref(), Some("non_public_address"), "{host}");
+        assert_eq!(
+            resp.header("x-egress-gate-reason").as_deref(),
+            Some("non_public_address"),
+            "{host}"
+        );
         let audit_id = resp.header("x-egress-gate-audit-id").unwrap();
         let v = proxy.violations(&audit_id);
         assert_eq!(v.len(), 1);
         assert!(!v[0]["addresses"].as_array().unwrap().is_empty(), "{v:?}");
     }
-    assert_eq!(origin.connections(), 0, "the proxy dialed a non-public address");
+    assert_eq!(
+        origin.connections(),
+        0,
+        "the proxy dialed a non-public address"
+    );
 }
 
 #[tokio::test]
@@ -97,14 +128,26 @@ async fn numeric_spellings_of_loopback_are_the_address_not_a_name() {
         drop(s);
     }
     // Other loopback spellings are not covered by the /32 exception.
-    for host in ["127.0.0.2", "2130706434", "0x7f.2", "[::ffff:7f00:1]", "[::127.0.0.1]"] {
+    for host in [
+        "127.0.0.2",
+        "2130706434",
+        "0x7f.2",
+        "[::ffff:7f00:1]",
+        "[::127.0.0.1]",
+    ] {
         let (resp, _) = connect(proxy.addr, &format!("{host}:{port}"), "").await;
         assert_eq!(resp.status, 403, "{host}: {resp:?}");
-        assert_eq!(resp.header("x-egress-gate-reason").as_deref(), Some("non_public_address"), "{host}");
+        assert_eq!(
+            resp.header("x-egress-gate-reason").as_deref(),
+            Some("non_public_address"),
+            "{host}"
+        );
     }
     let records = proxy.records();
     assert!(
-        records.iter().all(|r| r["event"] != "net.req" || r["decision"] != "allow" || r["connected"] == format!("127.0.0.1:{port}")),
+        records.iter().all(|r| r["event"] != "net.req"
+            || r["decision"] != "allow"
+            || r["connected"] == format!("127.0.0.1:{port}")),
         "an allowed tunnel went somewhere other than the vetted origin: {records:#?}"
     );
 }
@@ -128,7 +171,11 @@ async fn malformed_connect_targets_get_400_and_nothing_is_dialed() {
     for (authority, reason) in cases {
         let (resp, _) = connect(proxy.addr, &authority, "").await;
         assert_eq!(resp.status, 400, "{authority}: {resp:?}");
-        assert_eq!(resp.header("x-egress-gate-reason").as_deref(), Some(reason), "{authority}");
+        assert_eq!(
+            resp.header("x-egress-gate-reason").as_deref(),
+            Some(reason),
+            "{authority}"
+        );
     }
     // Control characters and spaces never make it past the request line.
     for raw in [
@@ -151,19 +198,31 @@ async fn connect_with_a_body_is_refused() {
     );
     let resp = client::roundtrip(proxy.addr, raw.as_bytes()).await;
     assert_eq!(resp.status, 400);
-    assert_eq!(resp.header("x-egress-gate-reason").as_deref(), Some("connect_with_body"));
+    assert_eq!(
+        resp.header("x-egress-gate-reason").as_deref(),
+        Some("connect_with_body")
+    );
     assert_eq!(origin.connections(), 0);
 }
 
 #[tokio::test]
 async fn refused_upstream_is_502_connect_refused() {
     // Bind then drop a listener to find a port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let proxy = TestProxy::start(&allow_origin(port)).await;
     let (resp, _) = connect(proxy.addr, &format!("127.0.0.1:{port}"), "").await;
     assert_eq!(resp.status, 502);
-    assert_eq!(resp.header("x-egress-gate-reason").as_deref(), Some("connect_refused"));
-    let rec = proxy.net_req(&resp.header("x-egress-gate-audit-id").unwrap()).await;
+    assert_eq!(
+        resp.header("x-egress-gate-reason").as_deref(),
+        Some("connect_refused")
+    );
+    let rec = proxy
+        .net_req(&resp.header("x-egress-gate-audit-id").unwrap())
+        .await;
     assert_eq!(rec["status"], 502);
     assert_eq!(rec["reason"], "connect_refused");
 }
@@ -176,5 +235,8 @@ async fn the_proxy_refuses_to_dial_itself() {
     let proxy = TestProxy::start_bound(&allow_origin(own.port()), listener, &[]).await;
     let (resp, _) = connect(proxy.addr, &own.to_string(), "").await;
     assert_eq!(resp.status, 403, "{resp:?}");
-    assert_eq!(resp.header("x-egress-gate-reason").as_deref(), Some("non_public_address"));
+    assert_eq!(
+        resp.header("x-egress-gate-reason").as_deref(),
+        Some("non_public_address")
+    );
 }

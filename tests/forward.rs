@@ -26,7 +26,10 @@ fn echoed_header(echo: &serde_json::Value, name: &str) -> Option<String> {
 async fn allowed_get_is_forwarded_with_hop_by_hop_and_proxy_headers_removed() {
     let origin = Origin::start().await;
     let proxy = TestProxy::start(&allow_origin(origin.port())).await;
-    let url = format!("http://127.0.0.1:{}/path?q=1&api_key=SECRETVALUE", origin.port());
+    let url = format!(
+        "http://127.0.0.1:{}/path?q=1&api_key=SECRETVALUE",
+        origin.port()
+    );
     let resp = get(
         proxy.addr,
         &url,
@@ -36,11 +39,24 @@ async fn allowed_get_is_forwarded_with_hop_by_hop_and_proxy_headers_removed() {
     assert_eq!(resp.status, 200, "{resp:?}");
     assert_eq!(resp.header("x-origin").as_deref(), Some("yes"));
     let echo = resp.json();
-    assert_eq!(echo["uri"], "/path?q=1&api_key=SECRETVALUE", "origin-form upstream");
-    assert_eq!(echoed_header(&echo, "host"), Some(format!("127.0.0.1:{}", origin.port())));
-    assert_eq!(echoed_header(&echo, "accept").as_deref(), Some("text/plain"));
+    assert_eq!(
+        echo["uri"], "/path?q=1&api_key=SECRETVALUE",
+        "origin-form upstream"
+    );
+    assert_eq!(
+        echoed_header(&echo, "host"),
+        Some(format!("127.0.0.1:{}", origin.port()))
+    );
+    assert_eq!(
+        echoed_header(&echo, "accept").as_deref(),
+        Some("text/plain")
+    );
     for gone in ["proxy-foo", "proxy-connection", "keep-alive", "x-drop-me"] {
-        assert_eq!(echoed_header(&echo, gone), None, "{gone} was forwarded: {echo}");
+        assert_eq!(
+            echoed_header(&echo, gone),
+            None,
+            "{gone} was forwarded: {echo}"
+        );
     }
 
     let rec = proxy.net_req_to("127.0.0.1", origin.port()).await;
@@ -57,9 +73,17 @@ async fn allowed_get_is_forwarded_with_hop_by_hop_and_proxy_headers_removed() {
 async fn denied_get_is_403_and_never_reaches_the_origin() {
     let origin = Origin::start().await;
     let proxy = TestProxy::start(&allow_origin(1)).await;
-    let resp = get(proxy.addr, &format!("http://127.0.0.1:{}/", origin.port()), "").await;
+    let resp = get(
+        proxy.addr,
+        &format!("http://127.0.0.1:{}/", origin.port()),
+        "",
+    )
+    .await;
     assert_eq!(resp.status, 403);
-    assert_eq!(resp.header("x-egress-gate-reason").as_deref(), Some("no_matching_rule"));
+    assert_eq!(
+        resp.header("x-egress-gate-reason").as_deref(),
+        Some("no_matching_rule")
+    );
     let id = resp.header("x-egress-gate-audit-id").unwrap();
     assert_eq!(proxy.net_req(&id).await["decision"], "deny");
     assert_eq!(proxy.violations(&id).len(), 1);
@@ -76,7 +100,10 @@ async fn conflicting_host_header_is_400() {
     );
     let resp = client::roundtrip(proxy.addr, raw.as_bytes()).await;
     assert_eq!(resp.status, 400);
-    assert_eq!(resp.header("x-egress-gate-reason").as_deref(), Some("host_mismatch"));
+    assert_eq!(
+        resp.header("x-egress-gate-reason").as_deref(),
+        Some("host_mismatch")
+    );
     assert_eq!(origin.requests(), 0);
 }
 
@@ -85,20 +112,30 @@ async fn non_proxy_requests_and_other_schemes_are_400() {
     let origin = Origin::start().await;
     let proxy = TestProxy::start(&allow_origin(origin.port())).await;
     let cases = [
-        ("GET / HTTP/1.1\r\nHost: example.com\r\n\r\n".to_string(), "not_a_proxy_request"),
+        (
+            "GET / HTTP/1.1\r\nHost: example.com\r\n\r\n".to_string(),
+            "not_a_proxy_request",
+        ),
         (
             "GET https://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n".to_string(),
             "unsupported_scheme",
         ),
         (
-            format!("GET http://user:pw@127.0.0.1:{}/ HTTP/1.1\r\n\r\n", origin.port()),
+            format!(
+                "GET http://user:pw@127.0.0.1:{}/ HTTP/1.1\r\n\r\n",
+                origin.port()
+            ),
             "userinfo_not_allowed",
         ),
     ];
     for (raw, reason) in cases {
         let resp = client::roundtrip(proxy.addr, raw.as_bytes()).await;
         assert_eq!(resp.status, 400, "{raw:?}: {resp:?}");
-        assert_eq!(resp.header("x-egress-gate-reason").as_deref(), Some(reason), "{raw:?}");
+        assert_eq!(
+            resp.header("x-egress-gate-reason").as_deref(),
+            Some(reason),
+            "{raw:?}"
+        );
     }
     let trail = std::fs::read_to_string(&proxy.audit_path).unwrap();
     assert!(!trail.contains("user:pw"), "userinfo in trail: {trail}");
@@ -121,7 +158,11 @@ async fn keep_alive_to_the_client_and_pooled_upstream_connections() {
         assert_eq!(resp.json()["uri"], format!("/r{i}"));
     }
     assert_eq!(origin.requests(), 5);
-    assert_eq!(origin.connections(), 1, "upstream connection was not reused");
+    assert_eq!(
+        origin.connections(),
+        1,
+        "upstream connection was not reused"
+    );
 }
 
 #[tokio::test]
@@ -161,7 +202,8 @@ token_sha256 = "{TOKEN_HASH_OF_TEST}"
 #[tokio::test]
 async fn plugin_identity_by_listener() {
     let origin = Origin::start().await;
-    let proxy = TestProxy::start_with_plugins(&plugin_policy(origin.port()), &["weather", "other"]).await;
+    let proxy =
+        TestProxy::start_with_plugins(&plugin_policy(origin.port()), &["weather", "other"]).await;
     let url = format!("http://127.0.0.1:{}/", origin.port());
 
     let resp = get(proxy.plugin_addrs["weather"], &url, "").await;
@@ -195,16 +237,37 @@ async fn plugin_identity_by_token() {
     let url = format!("http://127.0.0.1:{}/", origin.port());
 
     // weather:test
-    let resp = get(proxy.addr, &url, "Proxy-Authorization: Basic d2VhdGhlcjp0ZXN0\r\n").await;
+    let resp = get(
+        proxy.addr,
+        &url,
+        "Proxy-Authorization: Basic d2VhdGhlcjp0ZXN0\r\n",
+    )
+    .await;
     assert_eq!(resp.status, 200, "{resp:?}");
     assert_eq!(echoed_header(&resp.json(), "proxy-authorization"), None);
     // weather:wrong
-    let resp = get(proxy.addr, &url, "Proxy-Authorization: Basic d2VhdGhlcjp3cm9uZw==\r\n").await;
+    let resp = get(
+        proxy.addr,
+        &url,
+        "Proxy-Authorization: Basic d2VhdGhlcjp3cm9uZw==\r\n",
+    )
+    .await;
     assert_eq!(resp.status, 407);
-    assert_eq!(resp.header("proxy-authenticate").as_deref(), Some("Basic realm=\"egress-gate\""));
-    assert_eq!(resp.header("x-egress-gate-reason").as_deref(), Some("proxy_auth_failed"));
+    assert_eq!(
+        resp.header("proxy-authenticate").as_deref(),
+        Some("Basic realm=\"egress-gate\"")
+    );
+    assert_eq!(
+        resp.header("x-egress-gate-reason").as_deref(),
+        Some("proxy_auth_failed")
+    );
     // other:test — valid identity, but its rules do not allow the origin.
-    let resp = get(proxy.addr, &url, "Proxy-Authorization: Basic b3RoZXI6dGVzdA==\r\n").await;
+    let resp = get(
+        proxy.addr,
+        &url,
+        "Proxy-Authorization: Basic b3RoZXI6dGVzdA==\r\n",
+    )
+    .await;
     assert_eq!(resp.status, 403);
     // CONNECT carries identity the same way.
     let (resp, _) = client::connect(
@@ -216,7 +279,10 @@ async fn plugin_identity_by_token() {
     assert_eq!(resp.status, 200);
     assert_eq!(origin.requests(), 1);
     let trail = std::fs::read_to_string(&proxy.audit_path).unwrap();
-    assert!(!trail.contains("d2VhdGhlcjp") && !trail.contains("wrong"), "credentials in trail");
+    assert!(
+        !trail.contains("d2VhdGhlcjp") && !trail.contains("wrong"),
+        "credentials in trail"
+    );
 }
 
 #[tokio::test]
@@ -228,7 +294,12 @@ async fn report_mode_lets_a_rule_denial_through_and_records_it_unenforced() {
         origin.port()
     );
     let proxy = TestProxy::start(&policy).await;
-    let resp = get(proxy.addr, &format!("http://127.0.0.1:{}/", origin.port()), "").await;
+    let resp = get(
+        proxy.addr,
+        &format!("http://127.0.0.1:{}/", origin.port()),
+        "",
+    )
+    .await;
     // The deny rule matches the literal; report mode forwards anyway and records the violation.
     assert_eq!(resp.status, 200, "{resp:?}");
     let rec = proxy.net_req_to("127.0.0.1", origin.port()).await;

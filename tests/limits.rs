@@ -11,7 +11,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 fn policy(port: u16, limits: &str) -> String {
-    format!("version = 1\n[limits]\n{limits}\n[[policy.allow]]\ncidr = \"127.0.0.1/32\"\nports = [{port}]\n")
+    format!(
+        "version = 1\n[limits]\n{limits}\n[[policy.allow]]\ncidr = \"127.0.0.1/32\"\nports = [{port}]\n"
+    )
 }
 
 #[tokio::test]
@@ -19,7 +21,9 @@ async fn a_client_dribbling_its_head_is_cut_off_by_the_header_read_timeout() {
     let origin = Origin::start().await;
     let proxy = TestProxy::start(&policy(origin.port(), "header_read_timeout = \"1s\"")).await;
     let mut slow = TcpStream::connect(proxy.addr).await.unwrap();
-    slow.write_all(b"GET http://127.0.0.1/ HTTP/1.1\r\nX-A: 1\r\n").await.unwrap();
+    slow.write_all(b"GET http://127.0.0.1/ HTTP/1.1\r\nX-A: 1\r\n")
+        .await
+        .unwrap();
     let started = std::time::Instant::now();
     // Keep dribbling a byte every 200 ms; the proxy must still close within the timeout.
     let dribble = async {
@@ -30,14 +34,28 @@ async fn a_client_dribbling_its_head_is_cut_off_by_the_header_read_timeout() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     };
-    tokio::time::timeout(Duration::from_secs(8), dribble).await.ok();
+    tokio::time::timeout(Duration::from_secs(8), dribble)
+        .await
+        .ok();
     let answer = client::read_bytes_to_close(&mut slow).await;
-    assert!(started.elapsed() < Duration::from_secs(8), "slow client was not cut off");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "slow client was not cut off"
+    );
     // hyper closes the connection without a response; nothing was forwarded.
-    assert!(answer.is_empty() || answer.starts_with(b"HTTP/1.1 408"), "{:?}", String::from_utf8_lossy(&answer));
+    assert!(
+        answer.is_empty() || answer.starts_with(b"HTTP/1.1 408"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
     assert_eq!(origin.requests(), 0);
     // Meanwhile a normal client is served.
-    let ok = get(proxy.addr, &format!("http://127.0.0.1:{}/", origin.port()), "").await;
+    let ok = get(
+        proxy.addr,
+        &format!("http://127.0.0.1:{}/", origin.port()),
+        "",
+    )
+    .await;
     assert_eq!(ok.status, 200);
 }
 
@@ -68,7 +86,10 @@ async fn connections_past_the_cap_are_refused_without_hurting_open_tunnels() {
     let mut third = TcpStream::connect(proxy.addr).await.unwrap();
     let refused = read_to_close(&mut third).await;
     assert_eq!(refused.status, 503);
-    assert_eq!(refused.header("x-egress-gate-reason").as_deref(), Some("connection_limit"));
+    assert_eq!(
+        refused.header("x-egress-gate-reason").as_deref(),
+        Some("connection_limit")
+    );
     // The established tunnels still work.
     let ra = client::get_in_tunnel(tunnel_a, "x", "/a").await;
     assert_eq!(ra.status, 200);
@@ -94,8 +115,15 @@ async fn an_idle_tunnel_is_closed_after_the_idle_timeout() {
     let (resp, mut tunnel) = connect(proxy.addr, &format!("127.0.0.1:{}", origin.port()), "").await;
     assert_eq!(resp.status, 200);
     let mut buf = [0u8; 1];
-    let closed = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut tunnel, &mut buf)).await;
-    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "idle tunnel stayed open: {closed:?}");
+    let closed = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut tunnel, &mut buf),
+    )
+    .await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "idle tunnel stayed open: {closed:?}"
+    );
     let rec = proxy.net_req_to("127.0.0.1", origin.port()).await;
     assert_eq!(rec["bytes_up"], 0);
 }
@@ -113,5 +141,8 @@ async fn stop_drains_and_flushes_the_trail() {
     });
     let trail = proxy.stop().await;
     client.await.unwrap();
-    assert!(trail.contains("\"method\":\"CONNECT\""), "tunnel record missing after stop: {trail}");
+    assert!(
+        trail.contains("\"method\":\"CONNECT\""),
+        "tunnel record missing after stop: {trail}"
+    );
 }

@@ -3,8 +3,22 @@
 
 /// Query keys (compared lower-case, as substrings) whose values are never recorded.
 const SECRET_KEY_PARTS: &[&str] = &[
-    "token", "key", "secret", "password", "passwd", "pwd", "sig", "auth", "session", "credential",
-    "jwt", "bearer", "cookie", "code", "otp", "nonce",
+    "token",
+    "key",
+    "secret",
+    "password",
+    "passwd",
+    "pwd",
+    "sig",
+    "auth",
+    "session",
+    "credential",
+    "jwt",
+    "bearer",
+    "cookie",
+    "code",
+    "otp",
+    "nonce",
 ];
 
 /// Placeholder written instead of a secret value.
@@ -48,9 +62,14 @@ mod tests {
     fn secret_query_values_are_redacted_and_others_kept() {
         assert_eq!(redact_path_and_query("/a/b"), "/a/b");
         assert_eq!(
-            redact_path_and_query("/x?q=weather&api_key=s3cr3t&Access_Token=t0k&page=2&sig=abc&flag"),
+            redact_path_and_query(
+                "/x?q=weather&api_key=s3cr3t&Access_Token=t0k&page=2&sig=abc&flag"
+            ),
             "/x?q=weather&api_key=REDACTED&Access_Token=REDACTED&page=2&sig=REDACTED&flag"
         );
-        assert_eq!(redact_path_and_query("/?password=hunter2"), "/?password=REDACTED");
+        assert_eq!(
+            redact_path_and_query("/?password=hunter2"),
+            "/?password=REDACTED"
+        );
     }
 }

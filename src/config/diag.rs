@@ -75,7 +75,12 @@ impl<'a> Diagnostics<'a> {
     }
 
     /// Records a problem at `span` (a byte range into the source) under `key`.
-    pub(crate) fn error(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn error(
+        &mut self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) {
         let (line, col) = line_col(self.source, span.start);
         self.found.push(Diagnostic {
             file: self.file.to_path_buf(),
@@ -136,6 +141,9 @@ mod tests {
         d.error(6..7, "y", "bad");
         d.error(0..1, "", "worse");
         let err = d.finish().unwrap_err();
-        assert_eq!(err.to_string(), "p.toml:1:1: (file): worse\np.toml:2:1: y: bad");
+        assert_eq!(
+            err.to_string(),
+            "p.toml:1:1: (file): worse\np.toml:2:1: y: bad"
+        );
     }
 }

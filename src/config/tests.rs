@@ -33,7 +33,8 @@ fn minimal_file_gets_documented_defaults() {
 
 #[test]
 fn only_version_and_one_plugin_is_valid() {
-    let c = parse_str("version = 1\n[plugins.x]\n[[plugins.x.allow]]\nhost = \"a.example\"\n").unwrap();
+    let c =
+        parse_str("version = 1\n[plugins.x]\n[[plugins.x.allow]]\nhost = \"a.example\"\n").unwrap();
     let x = &c.plugins["x"];
     assert_eq!(x.allow.len(), 1);
     assert_eq!(x.allow[0].id, "plugins.x.allow[0]");
@@ -58,9 +59,15 @@ host = "*.evil.example"
     )
     .unwrap();
     let a = &c.policy.allow;
-    assert_eq!(a[0].matcher, Matcher::Host(HostPattern::Exact("api.github.com".into())));
+    assert_eq!(
+        a[0].matcher,
+        Matcher::Host(HostPattern::Exact("api.github.com".into()))
+    );
     assert_eq!(a[0].ports, Ports::List(vec![443, 8443]));
-    assert_eq!(a[1].matcher, Matcher::Host(HostPattern::Subdomains("example.com".into())));
+    assert_eq!(
+        a[1].matcher,
+        Matcher::Host(HostPattern::Subdomains("example.com".into()))
+    );
     assert_eq!(a[2].matcher, Matcher::Cidr("127.0.0.1/32".parse().unwrap()));
     assert_eq!(c.policy.deny[0].ports, Ports::All);
 }
@@ -69,11 +76,16 @@ host = "*.evil.example"
 fn unknown_keys_are_errors_with_position_and_path() {
     assert_eq!(
         errors("version = 1\n[policy]\nmode = \"enforce\"\nstrickt = true\n"),
-        vec!["p.toml:4:1: policy.strickt: unknown field `strickt`, expected one of `mode`, `strict`, `private_ip_mode`, `allow`, `deny`"]
+        vec![
+            "p.toml:4:1: policy.strickt: unknown field `strickt`, expected one of `mode`, `strict`, `private_ip_mode`, `allow`, `deny`"
+        ]
     );
     let e = errors("version = 1\n[[policy.allow]]\nhost = \"a.com\"\nport = [1]\n");
     assert_eq!(e.len(), 1);
-    assert!(e[0].starts_with("p.toml:4:1: policy.allow[0].port: unknown field `port`"), "{e:?}");
+    assert!(
+        e[0].starts_with("p.toml:4:1: policy.allow[0].port: unknown field `port`"),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -86,14 +98,20 @@ fn syntax_errors_point_at_the_line() {
 #[test]
 fn type_errors_name_the_key() {
     let e = errors("version = 1\n[limits]\nmax_connections = \"many\"\n");
-    assert!(e[0].starts_with("p.toml:3:19: limits.max_connections: invalid type"), "{e:?}");
+    assert!(
+        e[0].starts_with("p.toml:3:19: limits.max_connections: invalid type"),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn missing_version_is_refused() {
     let e = errors("[proxy]\n");
     assert!(e[0].contains("missing field `version`"), "{e:?}");
-    assert_eq!(errors("version = 2\n"), vec!["p.toml:1:11: version: unsupported version 2; this build reads version 1"]);
+    assert_eq!(
+        errors("version = 2\n"),
+        vec!["p.toml:1:11: version: unsupported version 2; this build reads version 1"]
+    );
 }
 
 #[test]
@@ -111,7 +129,11 @@ cidr = "::/0"
 "#,
     );
     assert_eq!(e.len(), 4, "{e:?}");
-    assert!(e[0].starts_with("p.toml:3:19: policy.private_ip_mode: \"allow\" is refused in strict mode"));
+    assert!(
+        e[0].starts_with(
+            "p.toml:3:19: policy.private_ip_mode: \"allow\" is refused in strict mode"
+        )
+    );
     assert!(e[1].starts_with("p.toml:5:8: policy.allow[0].host: universal allow"));
     assert!(e[2].starts_with("p.toml:7:8: policy.allow[1].cidr: universal allow"));
     assert!(e[3].starts_with("p.toml:9:8: policy.allow[2].cidr: universal allow"));
@@ -174,8 +196,8 @@ token_sha256 = "xyz"
             "policy.allow[1].host",
             "policy.allow[2].cidr",
             "policy.allow[3].host",
-            "policy.allow[4].ports",
-            "policy.allow[4].ports",
+            "policy.allow[4].ports[0]",
+            "policy.allow[4].ports[1]",
             "policy.allow[5]",
             "policy.allow[6]",
             "plugins.Bad",
@@ -193,15 +215,24 @@ fn listeners_may_not_overlap() {
         "version = 1\n[proxy]\nlisten = [\"127.0.0.1:3128\"]\n[plugins.a]\nlisten = [\"127.0.0.1:3128\"]\n",
     );
     assert_eq!(e.len(), 1);
-    assert!(e[0].contains("plugins.a.listen: 127.0.0.1:3128 is already used"), "{e:?}");
+    assert!(
+        e[0].contains("plugins.a.listen: 127.0.0.1:3128 is already used"),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn nameservers_default_to_port_53_and_stdout_audit() {
-    let c = parse_str("version = 1\n[dns]\nnameservers = [\"10.0.0.2\", \"[::1]:5353\"]\n[audit]\npath = \"-\"\n").unwrap();
+    let c = parse_str(
+        "version = 1\n[dns]\nnameservers = [\"10.0.0.2\", \"[::1]:5353\"]\n[audit]\npath = \"-\"\n",
+    )
+    .unwrap();
     assert_eq!(
         c.dns.nameservers,
-        vec!["10.0.0.2:53".parse().unwrap(), "[::1]:5353".parse().unwrap()]
+        vec![
+            "10.0.0.2:53".parse().unwrap(),
+            "[::1]:5353".parse().unwrap()
+        ]
     );
     assert_eq!(c.audit.path, AuditPath::Stdout);
 }
@@ -210,5 +241,42 @@ fn nameservers_default_to_port_53_and_stdout_audit() {
 fn missing_file_is_a_read_error() {
     let err = load(Path::new("/nonexistent/egress.toml")).unwrap_err();
     assert!(matches!(err, LoadError::Read { .. }));
-    assert!(err.to_string().starts_with("/nonexistent/egress.toml: cannot read policy file"));
+    assert!(
+        err.to_string()
+            .starts_with("/nonexistent/egress.toml: cannot read policy file")
+    );
+}
+
+#[test]
+fn strict_mode_refuses_piecewise_universal_allows() {
+    let e = errors(
+        "version = 1\n[[policy.allow]]\ncidr = \"0.0.0.0/1\"\n[[policy.allow]]\ncidr = \"2000::/3\"\n[[policy.allow]]\nhost = \"*.com\"\n",
+    );
+    assert_eq!(e.len(), 3, "{e:?}");
+    assert!(e[0].contains("policy.allow[0].cidr: a /1 allow block is broader"));
+    assert!(e[1].contains("policy.allow[1].cidr: a /3 allow block is broader"));
+    assert!(e[2].contains("policy.allow[2].host: `*.com` allows a whole top-level domain"));
+    // Not strict: allowed. Deny rules may always be broad.
+    assert!(
+        parse_str("version = 1\n[policy]\nstrict = false\n[[policy.allow]]\nhost = \"*.com\"\n")
+            .is_ok()
+    );
+    assert!(parse_str("version = 1\n[[policy.deny]]\ncidr = \"0.0.0.0/1\"\n").is_ok());
+    assert!(parse_str("version = 1\n[[policy.allow]]\ncidr = \"10.0.0.0/8\"\n").is_ok());
+}
+
+#[test]
+fn listeners_are_unique_and_nameservers_need_a_port() {
+    let e = errors(
+        "version = 1\n[proxy]\nlisten = [\"127.0.0.1:3128\", \"127.0.0.1:3128\"]\n[dns]\nnameservers = [\"127.0.0.1:0\"]\n",
+    );
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e[0].starts_with("p.toml:3:29: proxy.listen: 127.0.0.1:3128 is already used"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].contains("dns.nameservers: \"127.0.0.1:0\": port 0"),
+        "{e:?}"
+    );
 }

@@ -22,7 +22,10 @@ struct Entry {
 type Entries = Vec<Entry>;
 
 fn first_match(entries: &Entries, port: u16) -> Option<&RuleId> {
-    entries.iter().find(|e| e.ports.contains(port)).map(|e| &e.rule)
+    entries
+        .iter()
+        .find(|e| e.ports.contains(port))
+        .map(|e| &e.rule)
 }
 
 #[derive(Debug, Default)]
@@ -44,8 +47,12 @@ impl Matchers {
                 rule: RuleId::from(rule.id.as_str()),
             };
             match &rule.matcher {
-                Matcher::Host(HostPattern::Exact(n)) => m.exact.entry(n.clone()).or_default().push(entry),
-                Matcher::Host(HostPattern::Subdomains(n)) => m.subdomains.entry(n.clone()).or_default().push(entry),
+                Matcher::Host(HostPattern::Exact(n)) => {
+                    m.exact.entry(n.clone()).or_default().push(entry)
+                }
+                Matcher::Host(HostPattern::Subdomains(n)) => {
+                    m.subdomains.entry(n.clone()).or_default().push(entry)
+                }
                 Matcher::Host(HostPattern::Any) => m.any_host.push(entry),
                 Matcher::Cidr(net) => m.cidrs.insert(*net, entry),
             }
@@ -75,7 +82,11 @@ impl Matchers {
         // Walk the proper suffixes: "a.b.example.com" → "b.example.com", "example.com", "com".
         let mut rest = name;
         while let Some((_, parent)) = rest.split_once('.') {
-            if let Some(rule) = self.subdomains.get(parent).and_then(|e| first_match(e, port)) {
+            if let Some(rule) = self
+                .subdomains
+                .get(parent)
+                .and_then(|e| first_match(e, port))
+            {
                 return Some(rule);
             }
             rest = parent;
@@ -93,15 +104,26 @@ struct CidrTable {
 impl CidrTable {
     fn insert(&mut self, net: IpNet, entry: Entry) {
         let key = (net.addr().is_ipv4(), net.prefix_len());
-        let bucket = match self.buckets.iter().position(|(v4, len, _)| (*v4, *len) == key) {
+        let bucket = match self
+            .buckets
+            .iter()
+            .position(|(v4, len, _)| (*v4, *len) == key)
+        {
             Some(i) => i,
             None => {
                 self.buckets.push((key.0, key.1, HashMap::new()));
-                self.buckets.sort_by(|a, b| b.1.cmp(&a.1));
-                self.buckets.iter().position(|(v4, len, _)| (*v4, *len) == key).expect("just inserted")
+                self.buckets.sort_by_key(|b| std::cmp::Reverse(b.1));
+                self.buckets
+                    .iter()
+                    .position(|(v4, len, _)| (*v4, *len) == key)
+                    .expect("just inserted")
             }
         };
-        self.buckets[bucket].2.entry(net.network()).or_default().push(entry);
+        self.buckets[bucket]
+            .2
+            .entry(net.network())
+            .or_default()
+            .push(entry);
     }
 
     fn lookup(&self, ip: IpAddr, port: u16) -> Option<&RuleId> {

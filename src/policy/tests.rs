@@ -64,7 +64,10 @@ fn allowlist_first_exact_and_wildcard() {
     assert!(!d.permits());
     // Similar-looking names do not match.
     assert!(!p.decide(None, &target("notexample.com", 443)).permits());
-    assert!(!p.decide(None, &target("api.github.com.evil.example", 443)).permits());
+    assert!(
+        !p.decide(None, &target("api.github.com.evil.example", 443))
+            .permits()
+    );
 }
 
 #[test]
@@ -89,8 +92,14 @@ fn deny_beats_allow() {
         }
     );
     // The plugin's own deny overrides the global allow for that plugin only.
-    assert!(!p.decide(Some("weather"), &target("api.github.com", 443)).permits());
-    assert!(p.decide(Some("other"), &target("api.github.com", 443)).permits());
+    assert!(
+        !p.decide(Some("weather"), &target("api.github.com", 443))
+            .permits()
+    );
+    assert!(
+        p.decide(Some("other"), &target("api.github.com", 443))
+            .permits()
+    );
 }
 
 #[test]
@@ -99,8 +108,14 @@ fn plugins_get_global_plus_their_own_rules() {
     let d = p.decide(Some("weather"), &target("api.weather.gov", 443));
     assert_eq!(rule_of(&d), Some("plugins.weather.allow[0]"));
     assert!(!p.decide(None, &target("api.weather.gov", 443)).permits());
-    assert!(!p.decide(Some("other"), &target("api.weather.gov", 443)).permits());
-    assert!(p.decide(Some("weather"), &target("x.example.com", 443)).permits());
+    assert!(
+        !p.decide(Some("other"), &target("api.weather.gov", 443))
+            .permits()
+    );
+    assert!(
+        p.decide(Some("weather"), &target("x.example.com", 443))
+            .permits()
+    );
 }
 
 #[test]
@@ -127,8 +142,14 @@ fn address_literals_only_match_cidr_rules() {
     assert!(!p.decide(None, &target("8.8.8.8", 443)).permits());
     // Spellings of 127.0.0.1 all reach the same decision.
     for spelling in ["2130706433", "0x7f.1", "0177.0.0.1", "127.1"] {
-        assert!(p.decide(None, &target(spelling, 18080)).permits(), "{spelling}");
-        assert!(!p.decide(None, &target(spelling, 80)).permits(), "{spelling}");
+        assert!(
+            p.decide(None, &target(spelling, 18080)).permits(),
+            "{spelling}"
+        );
+        assert!(
+            !p.decide(None, &target(spelling, 80)).permits(),
+            "{spelling}"
+        );
     }
 }
 
@@ -143,7 +164,9 @@ fn non_public_addresses_need_a_port_scoped_exception() {
     assert_eq!(err.reason, DenyReason::NonPublicAddress(vec![lo]));
     assert_eq!(p.vet_addresses(None, 443, &[public], &[]), Ok(None));
     // Mixed public + private answers are refused as a whole, naming the offenders.
-    let err = p.vet_addresses(None, 443, &[public, meta], &[]).unwrap_err();
+    let err = p
+        .vet_addresses(None, 443, &[public, meta], &[])
+        .unwrap_err();
     assert_eq!(err.reason, DenyReason::NonPublicAddress(vec![meta]));
     assert_eq!(err.reason.code(), "non_public_address");
 }
@@ -176,7 +199,10 @@ fn report_mode_reports_deny_cidr_but_never_relaxes_address_safety() {
         "version = 1\n[policy]\nmode = \"report\"\n[[policy.deny]]\ncidr = \"93.184.216.0/24\"\n",
     );
     let ip: IpAddr = "93.184.216.34".parse().unwrap();
-    assert_eq!(p.vet_addresses(None, 443, &[ip], &[]), Ok(Some("policy.deny[0]".into())));
+    assert_eq!(
+        p.vet_addresses(None, 443, &[ip], &[]),
+        Ok(Some("policy.deny[0]".into()))
+    );
     let lo: IpAddr = "127.0.0.1".parse().unwrap();
     assert!(p.vet_addresses(None, 443, &[lo], &[]).is_err());
 }
@@ -217,14 +243,22 @@ fn universal_host_rule_in_non_strict_mode() {
 fn tokens_are_checked_against_their_hash() {
     let p = policy(BASE);
     assert_eq!(p.authenticate("weather", b"test"), Ok(()));
-    assert_eq!(p.authenticate("weather", b"tesT"), Err(AuthError::WrongToken));
+    assert_eq!(
+        p.authenticate("weather", b"tesT"),
+        Err(AuthError::WrongToken)
+    );
     assert_eq!(p.authenticate("other", b"test"), Err(AuthError::NoToken));
-    assert_eq!(p.authenticate("nobody", b"test"), Err(AuthError::UnknownPlugin));
+    assert_eq!(
+        p.authenticate("nobody", b"test"),
+        Err(AuthError::UnknownPlugin)
+    );
 }
 
 #[test]
 fn idna_spellings_match_the_normalised_rule() {
-    let p = policy("version = 1\n[[policy.deny]]\nhost = \"evil.example\"\n[policy]\nstrict = false\n[[policy.allow]]\nhost = \"*\"\n");
+    let p = policy(
+        "version = 1\n[[policy.deny]]\nhost = \"evil.example\"\n[policy]\nstrict = false\n[[policy.allow]]\nhost = \"*\"\n",
+    );
     let t = target("ⓔⓥⓘⓛ.example", 443);
     assert_eq!(t.host, Host::Name("evil.example".into()));
     assert!(!p.decide(None, &t).permits());

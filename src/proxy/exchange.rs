@@ -33,7 +33,12 @@ pub(super) struct Exchange {
 }
 
 impl Exchange {
-    pub fn new<B>(audit_id: String, conn: &ConnInfo, req: &Request<B>, started: Instant) -> Exchange {
+    pub fn new<B>(
+        audit_id: String,
+        conn: &ConnInfo,
+        req: &Request<B>,
+        started: Instant,
+    ) -> Exchange {
         let raw_host: String = req
             .uri()
             .authority()

@@ -55,10 +55,11 @@ pub(super) async fn send(
 
     let (mut sender, key) = checkout_or_connect(proxy, &resolved, host).await?;
     ex.connected = Some(key.addr.addr());
-    let response = tokio::time::timeout(proxy.limits.idle_timeout, sender.send_request(upstream_req))
-        .await
-        .map_err(|_| ProxyError::UpstreamTimeout)?
-        .map_err(|e| ProxyError::Upstream(format!("upstream request failed: {e}")))?;
+    let response =
+        tokio::time::timeout(proxy.limits.idle_timeout, sender.send_request(upstream_req))
+            .await
+            .map_err(|_| ProxyError::UpstreamTimeout)?
+            .map_err(|e| ProxyError::Upstream(format!("upstream request failed: {e}")))?;
 
     let (mut parts, body) = response.into_parts();
     let reusable = !connection_close(&parts.headers);
@@ -123,10 +124,12 @@ fn check_host_header(headers: &HeaderMap, target: &Target) -> Result<(), ProxyEr
         reason: "host_mismatch",
         detail: "the Host header is not valid text",
     })?;
-    let uri: Uri = format!("http://{value}/").parse().map_err(|_| ProxyError::BadRequest {
-        reason: "host_mismatch",
-        detail: "the Host header is not a valid host[:port]",
-    })?;
+    let uri: Uri = format!("http://{value}/")
+        .parse()
+        .map_err(|_| ProxyError::BadRequest {
+            reason: "host_mismatch",
+            detail: "the Host header is not a valid host[:port]",
+        })?;
     match target::parse_absolute_uri(&uri) {
         Ok(named) if &named == target => Ok(()),
         _ => Err(mismatch),
@@ -200,7 +203,10 @@ impl HttpBody for UpBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let poll = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &poll
             && let Some(data) = frame.data_ref()
@@ -246,7 +252,9 @@ impl DownBody {
         }
         if let Some(f) = self.finish.take() {
             let up = f.bytes_up.load(Ordering::Relaxed);
-            let record = f.exchange.net_req(&f.policy, "allow", None, f.status, up, self.bytes_down);
+            let record =
+                f.exchange
+                    .net_req(&f.policy, "allow", None, f.status, up, self.bytes_down);
             f.proxy.audit.submit(record);
         }
     }
@@ -256,7 +264,10 @@ impl HttpBody for DownBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let poll = Pin::new(&mut self.inner).poll_frame(cx);
         match &poll {
             Poll::Ready(Some(Ok(frame))) => {
@@ -294,7 +305,10 @@ mod tests {
     #[test]
     fn hop_by_hop_and_proxy_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("proxy-authorization", HeaderValue::from_static("Basic abc"));

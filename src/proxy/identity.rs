@@ -30,7 +30,8 @@ pub fn identify(
     if values.next().is_some() {
         return Err(auth_error("more than one Proxy-Authorization header"));
     }
-    let (user, token) = parse_basic(value.as_bytes()).ok_or_else(|| auth_error("Proxy-Authorization must be Basic PLUGIN:TOKEN"))?;
+    let (user, token) = parse_basic(value.as_bytes())
+        .ok_or_else(|| auth_error("Proxy-Authorization must be Basic PLUGIN:TOKEN"))?;
     policy
         .authenticate(&user, &token)
         .map_err(|_| auth_error("unknown plugin or wrong token"))?;

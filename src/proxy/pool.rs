@@ -63,7 +63,10 @@ impl Pool {
         // The connection task may not have noticed the end of the body yet.
         let pool = self.clone();
         tokio::spawn(async move {
-            if tokio::time::timeout(Duration::from_secs(1), sender.ready()).await.is_ok_and(|r| r.is_ok()) {
+            if tokio::time::timeout(Duration::from_secs(1), sender.ready())
+                .await
+                .is_ok_and(|r| r.is_ok())
+            {
                 pool.put(key, sender);
             }
         });

@@ -23,11 +23,19 @@ pub enum ProxyError {
     /// The destination could not be parsed.
     Target(TargetError),
     /// The request is malformed or not something a forward proxy accepts.
-    BadRequest { reason: &'static str, detail: &'static str },
+    BadRequest {
+        reason: &'static str,
+        detail: &'static str,
+    },
     /// `Proxy-Authorization` was present but did not identify a plugin.
-    ProxyAuth { detail: &'static str },
+    ProxyAuth {
+        detail: &'static str,
+    },
     /// The policy refused the destination.
-    Denied { reason: DenyReason, rule: Option<RuleId> },
+    Denied {
+        reason: DenyReason,
+        rule: Option<RuleId>,
+    },
     Dns(String),
     ConnectTimeout,
     ConnectRefused,
@@ -75,7 +83,10 @@ impl ProxyError {
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
-            ProxyError::Target(_) | ProxyError::BadRequest { .. } | ProxyError::ProxyAuth { .. } | ProxyError::Denied { .. }
+            ProxyError::Target(_)
+                | ProxyError::BadRequest { .. }
+                | ProxyError::ProxyAuth { .. }
+                | ProxyError::Denied { .. }
         )
     }
 
@@ -83,15 +94,29 @@ impl ProxyError {
     fn detail(&self) -> String {
         match self {
             ProxyError::Target(e) => e.to_string(),
-            ProxyError::BadRequest { detail, .. } | ProxyError::ProxyAuth { detail } => detail.to_string(),
-            ProxyError::Denied { reason: DenyReason::NonPublicAddress(addrs), .. } => {
-                let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
-                format!("destination resolves to non-public address {}", list.join(", "))
+            ProxyError::BadRequest { detail, .. } | ProxyError::ProxyAuth { detail } => {
+                detail.to_string()
             }
-            ProxyError::Denied { reason: DenyReason::DenyRule, rule } => {
+            ProxyError::Denied {
+                reason: DenyReason::NonPublicAddress(addrs),
+                ..
+            } => {
+                let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                format!(
+                    "destination resolves to non-public address {}",
+                    list.join(", ")
+                )
+            }
+            ProxyError::Denied {
+                reason: DenyReason::DenyRule,
+                rule,
+            } => {
                 format!("denied by rule {}", rule.as_deref().unwrap_or("?"))
             }
-            ProxyError::Denied { reason: DenyReason::NoMatchingRule, .. } => "no allow rule matches this host and port".into(),
+            ProxyError::Denied {
+                reason: DenyReason::NoMatchingRule,
+                ..
+            } => "no allow rule matches this host and port".into(),
             ProxyError::Dns(e) => e.clone(),
             ProxyError::ConnectTimeout => "upstream connect timed out".into(),
             ProxyError::ConnectRefused => "upstream refused the connection".into(),
@@ -105,11 +130,18 @@ impl ProxyError {
     pub fn into_response(self, audit_id: &str) -> Response<Body> {
         let status = self.status();
         let reason = self.reason();
-        let body = format!("{} reason={reason} audit_id={audit_id}: {}\n", status.as_u16(), self.detail());
+        let body = format!(
+            "{} reason={reason} audit_id={audit_id}: {}\n",
+            status.as_u16(),
+            self.detail()
+        );
         let mut resp = Response::new(full(body));
         *resp.status_mut() = status;
         let headers = resp.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         headers.insert(REASON_HEADER, HeaderValue::from_static(reason));
         if let Ok(v) = HeaderValue::from_str(audit_id) {
             headers.insert(AUDIT_ID_HEADER, v);
@@ -130,7 +162,9 @@ impl ProxyError {
 
 /// A complete in-memory body.
 pub fn full(content: impl Into<Bytes>) -> Body {
-    Full::new(content.into()).map_err(|never| match never {}).boxed()
+    Full::new(content.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// An empty body.

@@ -29,7 +29,11 @@ pub(super) async fn open(
     resolved: Resolved,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
-    let (upstream, vetted) = proxy.egress.connect(&resolved).await.map_err(egress_error)?;
+    let (upstream, vetted) = proxy
+        .egress
+        .connect(&resolved)
+        .await
+        .map_err(egress_error)?;
     ex.connected = Some(vetted.addr());
     tracing::debug!(audit_id = %ex.audit_id, host = %ex.host, port = ex.port, connected = %vetted.addr(), "tunnel open");
 
@@ -123,7 +127,11 @@ impl<S> Counted<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = (buf.filled().len() - before) as u64;
@@ -141,7 +149,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

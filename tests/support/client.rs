@@ -25,7 +25,9 @@ impl RawResponse {
     pub fn header(&self, name: &str) -> Option<String> {
         self.head.lines().skip(1).find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
         })
     }
 
@@ -34,7 +36,8 @@ impl RawResponse {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body_text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body_text()))
     }
 }
 
@@ -47,6 +50,11 @@ pub async fn roundtrip(proxy: SocketAddr, request: &[u8]) -> RawResponse {
 
 /// Reads everything until EOF (or a reset) and splits head from body.
 pub async fn read_to_close(s: &mut TcpStream) -> RawResponse {
+    parse(&read_bytes_to_close(s).await)
+}
+
+/// Reads everything until EOF (or a reset), bounded by `IO_TIMEOUT`.
+pub async fn read_bytes_to_close(s: &mut TcpStream) -> Vec<u8> {
     let mut buf = Vec::new();
     let read = tokio::time::timeout(IO_TIMEOUT, async {
         let mut chunk = [0u8; 8192];
@@ -58,8 +66,12 @@ pub async fn read_to_close(s: &mut TcpStream) -> RawResponse {
         }
     })
     .await;
-    assert!(read.is_ok(), "response did not end within {IO_TIMEOUT:?}; got so far: {:?}", String::from_utf8_lossy(&buf));
-    parse(&buf)
+    assert!(
+        read.is_ok(),
+        "response did not end within {IO_TIMEOUT:?}; got so far: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    buf
 }
 
 /// Reads one response head (up to the blank line) and `Content-Length` bytes of body, leaving the
@@ -70,14 +82,20 @@ pub async fn read_one(s: &mut TcpStream) -> RawResponse {
     tokio::time::timeout(IO_TIMEOUT, async {
         while !buf.ends_with(b"\r\n\r\n") {
             let n = s.read(&mut byte).await.unwrap();
-            assert!(n > 0, "connection closed inside a response head: {:?}", String::from_utf8_lossy(&buf));
+            assert!(
+                n > 0,
+                "connection closed inside a response head: {:?}",
+                String::from_utf8_lossy(&buf)
+            );
             buf.push(byte[0]);
         }
     })
     .await
     .expect("response head in time");
     let mut resp = parse(&buf);
-    let len: usize = resp.header("content-length").map_or(0, |v| v.parse().unwrap());
+    let len: usize = resp
+        .header("content-length")
+        .map_or(0, |v| v.parse().unwrap());
     let mut body = vec![0u8; len];
     tokio::time::timeout(IO_TIMEOUT, s.read_exact(&mut body))
         .await
@@ -103,7 +121,11 @@ fn parse(buf: &[u8]) -> RawResponse {
 }
 
 /// Opens a CONNECT tunnel; returns the proxy's answer and the stream (usable only on 200).
-pub async fn connect(proxy: SocketAddr, authority: &str, extra_headers: &str) -> (RawResponse, TcpStream) {
+pub async fn connect(
+    proxy: SocketAddr,
+    authority: &str,
+    extra_headers: &str,
+) -> (RawResponse, TcpStream) {
     let mut s = TcpStream::connect(proxy).await.unwrap();
     let req = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{extra_headers}\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
@@ -121,6 +143,7 @@ pub async fn get_in_tunnel(mut s: TcpStream, host: &str, path: &str) -> RawRespo
 /// An absolute-form `GET` through the proxy with `Connection: close`.
 pub async fn get(proxy: SocketAddr, url: &str, extra_headers: &str) -> RawResponse {
     let host = url.trim_start_matches("http://").split('/').next().unwrap();
-    let req = format!("GET {url} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra_headers}\r\n");
+    let req =
+        format!("GET {url} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra_headers}\r\n");
     roundtrip(proxy, req.as_bytes()).await
 }

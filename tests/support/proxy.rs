@@ -46,12 +46,19 @@ impl TestProxy {
         let dir = tempfile::tempdir().unwrap();
         let audit_path = dir.path().join("audit.jsonl");
         let policy_path = dir.path().join("policy.toml");
-        let text = format!("{policy}\n[audit]\npath = {:?}\n", audit_path.display().to_string());
+        let text = format!(
+            "{policy}\n[audit]\npath = {:?}\n",
+            audit_path.display().to_string()
+        );
         std::fs::write(&policy_path, &text).unwrap();
-        let config = egress_gate::config::load(&policy_path).unwrap_or_else(|e| panic!("test policy invalid:\n{e}"));
+        let config = egress_gate::config::load(&policy_path)
+            .unwrap_or_else(|e| panic!("test policy invalid:\n{e}"));
 
         let addr = anonymous.local_addr().unwrap();
-        let mut listeners = vec![Listener { socket: anonymous, plugin: None }];
+        let mut listeners = vec![Listener {
+            socket: anonymous,
+            plugin: None,
+        }];
         let mut plugin_addrs = HashMap::new();
         for name in plugins {
             let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -83,7 +90,10 @@ impl TestProxy {
     pub fn records(&self) -> Vec<Value> {
         let text = std::fs::read_to_string(&self.audit_path).unwrap_or_default();
         text.lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {l}")))
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {l}"))
+            })
             .collect()
     }
 
@@ -95,12 +105,16 @@ impl TestProxy {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("no matching audit record within 5 s; trail:\n{:#?}", self.records());
+        panic!(
+            "no matching audit record within 5 s; trail:\n{:#?}",
+            self.records()
+        );
     }
 
     /// The `net.req` record of a request, waiting for it.
     pub async fn net_req(&self, audit_id: &str) -> Value {
-        self.wait_for(|r| r["event"] == "net.req" && r["audit_id"] == audit_id).await
+        self.wait_for(|r| r["event"] == "net.req" && r["audit_id"] == audit_id)
+            .await
     }
 
     /// The `net.req` record of the only request to `host:port` (waits; panics on more than one).
@@ -113,7 +127,11 @@ impl TestProxy {
             .into_iter()
             .filter(|r| r["event"] == "net.req" && r["host"] == host && r["port"] == port)
             .collect();
-        assert_eq!(all.len(), 1, "expected one net.req for {host}:{port}: {all:#?}");
+        assert_eq!(
+            all.len(),
+            1,
+            "expected one net.req for {host}:{port}: {all:#?}"
+        );
         r
     }
 
@@ -125,8 +143,8 @@ impl TestProxy {
             .collect()
     }
 
-    /// Stops the proxy and waits for it to drain and flush.
-    pub async fn stop(mut self) {
+    /// Stops the proxy, waits for it to drain and flush, and returns the final trail.
+    pub async fn stop(mut self) -> String {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -137,6 +155,7 @@ impl TestProxy {
                 .unwrap()
                 .unwrap();
         }
+        std::fs::read_to_string(&self.audit_path).unwrap()
     }
 }
 
