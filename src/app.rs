@@ -9,9 +9,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 
 use crate::audit::record::{self, ProxyStart, Record};
-use crate::audit::{Audit, AuditError};
+use crate::audit::{Audit, AuditError, WriterHandle};
 use crate::config::{AuditPath, Config};
 use crate::egress::Egress;
 use crate::policy::Policy;
@@ -79,12 +80,17 @@ async fn bind_one(addr: SocketAddr) -> Result<TcpListener, StartError> {
         .map_err(|source| StartError::Bind { addr, source })
 }
 
-/// Runs the proxy on `listeners` until `shutdown` resolves, then drains and flushes the trail.
-pub async fn serve(
-    config: Config,
+/// A proxy that is set up (trail open, `proxy.start` recorded, resolver built) but not yet serving.
+pub struct Running {
+    proxy: Arc<Proxy>,
+    writer: WriterHandle,
     listeners: Vec<Listener>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), StartError> {
+    late_tx: mpsc::Sender<Listener>,
+    late_rx: mpsc::Receiver<Listener>,
+}
+
+/// Sets the proxy up on `listeners`: opens the trail, records `proxy.start`, builds the resolver.
+pub async fn start(config: Config, listeners: Vec<Listener>) -> Result<Running, StartError> {
     let local: Vec<SocketAddr> = listeners
         .iter()
         .filter_map(|l| l.socket.local_addr().ok())
@@ -108,19 +114,63 @@ pub async fn serve(
             version: env!("CARGO_PKG_VERSION"),
         }))
         .await?;
-    let egress = Egress::new(&config.dns, config.limits.connect_timeout, local.clone())
+    let egress = Egress::new(&config.dns, config.limits.connect_timeout, local)
         .map_err(StartError::Resolver)?;
-    for l in &listeners {
-        if let Ok(addr) = l.socket.local_addr() {
-            tracing::info!(%addr, plugin = l.plugin.as_deref().unwrap_or("-"), "listening");
-        }
-    }
     let proxy = Arc::new(Proxy::new(policy, egress, audit, config.limits.clone()));
-    let result = server::run(listeners, proxy.clone(), shutdown).await;
-    drop(proxy);
-    // The writer exits once every Audit handle is gone; a tunnel that outlived the drain may still
-    // hold one, so wait only briefly (everything queued was already flushed by `server::run`).
-    let join = tokio::task::spawn_blocking(move || writer.join());
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), join).await;
-    result.map_err(StartError::Serve)
+    let (late_tx, late_rx) = mpsc::channel(64);
+    Ok(Running {
+        proxy,
+        writer,
+        listeners,
+        late_tx,
+        late_rx,
+    })
+}
+
+impl Running {
+    pub fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
+    }
+
+    pub fn audit(&self) -> &Audit {
+        self.proxy.audit()
+    }
+
+    /// Adds listeners while serving (daemon mode: a launcher hands over a sandbox's sockets).
+    pub fn listener_sender(&self) -> mpsc::Sender<Listener> {
+        self.late_tx.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains and flushes the trail.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+        let Running {
+            proxy,
+            writer,
+            listeners,
+            late_tx,
+            late_rx,
+        } = self;
+        drop(late_tx);
+        for l in &listeners {
+            if let Ok(addr) = l.socket.local_addr() {
+                tracing::info!(%addr, plugin = l.plugin.as_deref().unwrap_or("-"), "listening");
+            }
+        }
+        let result = server::run(listeners, late_rx, proxy.clone(), shutdown).await;
+        drop(proxy);
+        // The writer exits once every Audit handle is gone; a tunnel that outlived the drain may
+        // still hold one, so wait only briefly (everything queued was flushed by `server::run`).
+        let join = tokio::task::spawn_blocking(move || writer.join());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), join).await;
+        result.map_err(StartError::Serve)
+    }
+}
+
+/// Sets up and runs the proxy on `listeners` until `shutdown` resolves.
+pub async fn serve(
+    config: Config,
+    listeners: Vec<Listener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    start(config, listeners).await?.serve(shutdown).await
 }

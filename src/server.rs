@@ -15,7 +15,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -34,9 +34,11 @@ pub struct Listener {
     pub plugin: Option<Arc<str>>,
 }
 
-/// Serves until `shutdown` resolves, then drains.
+/// Serves `listeners`, plus any that arrive on `late` while running, until `shutdown` resolves;
+/// then drains.
 pub async fn run(
     listeners: Vec<Listener>,
+    mut late: mpsc::Receiver<Listener>,
     proxy: Arc<Proxy>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
@@ -53,7 +55,24 @@ pub async fn run(
             stop.clone(),
         ));
     }
-    shutdown.await;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(listener) = late.recv() => {
+                if let Ok(addr) = listener.socket.local_addr() {
+                    tracing::info!(%addr, plugin = listener.plugin.as_deref().unwrap_or("-"), "listening (added)");
+                }
+                accept_loops.spawn(accept_loop(
+                    listener,
+                    proxy.clone(),
+                    permits.clone(),
+                    connections.clone(),
+                    stop.clone(),
+                ));
+            }
+        }
+    }
     tracing::info!("shutting down: no new connections, draining open ones");
     stop.cancel();
     while accept_loops.join_next().await.is_some() {}

@@ -12,6 +12,7 @@ pub enum Record {
     NetReq(NetReq),
     Violation(Violation),
     ProxyStart(ProxyStart),
+    ToolExec(ToolExec),
 }
 
 /// One request through the proxy: what was asked, what was decided, what was dialed, and how much
@@ -74,7 +75,26 @@ pub struct ProxyStart {
     pub version: &'static str,
 }
 
+/// A plugin process started or exited under the launcher. The start and exit records share an
+/// `audit_id`; the plugin's `net.req` records carry the same `plugin` name.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolExec {
+    pub ts: String,
+    pub audit_id: String,
+    pub event: &'static str,
+    pub plugin: String,
+    /// "start" or "exit".
+    pub phase: &'static str,
+    pub argv0: String,
+    pub pid: u32,
+    /// Exit code, or 128 + signal number when killed; only on "exit".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<i32>,
+    pub policy_sha256: String,
+}
+
 pub const NET_REQ: &str = "net.req";
+pub const TOOL_EXEC: &str = "tool.exec";
 pub const POLICY_VIOLATION: &str = "policy.violation";
 pub const PROXY_START: &str = "proxy.start";
 
