@@ -11,9 +11,9 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::audit::record::{self, ProxyStart, Record};
-use crate::audit::{Audit, AuditError, WriterHandle};
-use crate::config::{AuditPath, Config};
+use crate::audit::record::{self, PolicyLoad, ProxyStart, Record};
+use crate::audit::{Audit, AuditError, SetupError, WriterHandle};
+use crate::config::Config;
 use crate::egress::Egress;
 use crate::policy::Policy;
 use crate::proxy::Proxy;
@@ -27,11 +27,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot open audit trail {path}: {source}")]
-    AuditOpen {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("{0}")]
+    AuditSetup(#[from] SetupError),
     #[error("cannot write audit trail: {0}")]
     AuditWrite(#[from] AuditError),
     #[error("cannot set up the DNS resolver: {0}")]
@@ -95,14 +92,7 @@ pub async fn start(config: Config, listeners: Vec<Listener>) -> Result<Running, 
         .iter()
         .filter_map(|l| l.socket.local_addr().ok())
         .collect();
-    let (audit, writer) =
-        Audit::open(&config.audit.path).map_err(|source| StartError::AuditOpen {
-            path: match &config.audit.path {
-                AuditPath::Stdout => "-".into(),
-                AuditPath::File(p) => p.display().to_string(),
-            },
-            source,
-        })?;
+    let (audit, writer) = Audit::open(&config.audit, &config.sha256)?;
     let policy = Arc::new(Policy::compile(&config));
     audit
         .commit(Record::ProxyStart(ProxyStart {
@@ -112,6 +102,14 @@ pub async fn start(config: Config, listeners: Vec<Listener>) -> Result<Running, 
             policy_sha256: policy.sha256.clone(),
             listen: local.clone(),
             version: env!("CARGO_PKG_VERSION"),
+        }))
+        .await?;
+    audit
+        .commit(Record::PolicyLoad(PolicyLoad {
+            ts: record::now(),
+            event: record::POLICY_LOAD,
+            path: config.path.display().to_string(),
+            policy_sha256: policy.sha256.clone(),
         }))
         .await?;
     let egress = Egress::new(&config.dns, config.limits.connect_timeout, local)

@@ -1,29 +1,37 @@
-//! The audit trail: `net.req`, `policy.violation` and lifecycle records, one JSON object per line.
+//! The audit trail: tamper-evident, durable before egress, redacted, fail-closed.
 //!
-//! Owns the single writer. Request tasks hand records to [`Audit`]; one dedicated thread appends
-//! them in batches (a batch is one `write` and one flush), so concurrent requests never interleave
-//! bytes and never contend on the file. [`Audit::commit`] resolves only once the record is written,
-//! which is what lets the proxy refuse traffic it cannot account for. This module never decides
-//! policy and never sees header values.
+//! Owns the single interface request code uses to record what happened. Records go to one writer
+//! thread (see `writer`) which seals them into a hash chain (see `chain`), appends them in
+//! batches and syncs according to `[audit] fsync`. [`Audit::commit`] resolves only once the
+//! record is in the trail — and, with `fsync = "always"`, on stable storage — which is what lets
+//! the proxy refuse traffic it cannot account for. This module never decides policy and never
+//! sees header values.
 
+pub mod chain;
 pub mod record;
 pub mod redact;
+pub mod verify;
+mod writer;
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::io;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, RwLock};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use crate::config::AuditPath;
+pub use chain::ChainKey;
 pub use record::Record;
+pub use writer::{OpenError, SYNC_INTERVAL};
 
-/// How many records may wait for the writer before new ones are refused.
-const QUEUE_DEPTH: usize = 65_536;
-/// Largest number of records written in one batch.
-const MAX_BATCH: usize = 1024;
+use crate::config::{AuditConfig, AuditPath, FsyncMode};
+use writer::{Target, Writer};
+
+/// How many records may wait for the writer before new ones are refused (fail closed, 503).
+const QUEUE_DEPTH: usize = 16_384;
+/// Shortest HMAC key accepted.
+pub const MIN_KEY_BYTES: usize = 16;
 
 /// Why a record could not be written.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -36,6 +44,19 @@ pub enum AuditError {
     Overloaded,
 }
 
+/// Why the trail could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("cannot read audit key file {path}: {source}")]
+    KeyRead { path: String, source: io::Error },
+    #[error("audit key file {path} holds {len} bytes; use at least {MIN_KEY_BYTES} random bytes")]
+    KeyTooShort { path: String, len: usize },
+    #[error("cannot open audit trail {0}")]
+    Open(#[from] OpenError),
+    #[error("cannot start the audit writer: {0}")]
+    Thread(io::Error),
+}
+
 type Ack = oneshot::Sender<Result<(), AuditError>>;
 
 /// The bytes of an in-memory trail.
@@ -44,12 +65,16 @@ pub type MemoryTrail = Arc<std::sync::Mutex<Vec<u8>>>;
 enum Job {
     Write(Box<Record>, Option<Ack>),
     Flush(Ack),
+    /// SIGUSR1: reopen the path (external log rotation).
+    Reopen,
+    /// The policy changed: records the writer makes itself carry the new hash.
+    SetPolicy(Arc<str>),
 }
 
 /// A handle to the audit trail; cheap to clone.
 #[derive(Clone)]
 pub struct Audit {
-    tx: mpsc::Sender<Job>,
+    tx: SyncSender<Job>,
     ids: Arc<IdGenerator>,
 }
 
@@ -65,21 +90,69 @@ impl WriterHandle {
     }
 }
 
+/// Reads an HMAC key file: its bytes are the key (at least [`MIN_KEY_BYTES`]).
+pub fn read_key_file(path: &Path) -> Result<ChainKey, SetupError> {
+    let shown = path.display().to_string();
+    let key = std::fs::read(path).map_err(|source| SetupError::KeyRead {
+        path: shown.clone(),
+        source,
+    })?;
+    if key.len() < MIN_KEY_BYTES {
+        return Err(SetupError::KeyTooShort {
+            path: shown,
+            len: key.len(),
+        });
+    }
+    Ok(ChainKey::hmac(key))
+}
+
 impl Audit {
-    /// Opens the trail (appending) and starts the writer thread.
-    pub fn open(path: &AuditPath) -> io::Result<(Audit, WriterHandle)> {
-        let sink = match path {
-            AuditPath::Stdout => Sink::Stdout,
-            AuditPath::File(p) => Sink::File(open_append(p)?, p.clone()),
+    /// Opens the trail configured in `[audit]` (continuing an existing chain) and starts the writer.
+    pub fn open(
+        config: &AuditConfig,
+        policy_sha256: &str,
+    ) -> Result<(Audit, WriterHandle), SetupError> {
+        let key = match &config.key_file {
+            Some(path) => read_key_file(path)?,
+            None => ChainKey::none(),
         };
-        Audit::start(sink)
+        let target = match &config.path {
+            AuditPath::Stdout => Target::Stdout,
+            AuditPath::File(path) => Target::File {
+                path: path.clone(),
+                max_bytes: config.max_bytes,
+                keep: config.keep,
+            },
+        };
+        Audit::start(target, key, config.fsync, policy_sha256)
     }
 
-    fn start(sink: Sink) -> io::Result<(Audit, WriterHandle)> {
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+    /// A trail kept in memory (for fuzzing and tests): the handle and the shared buffer.
+    #[doc(hidden)]
+    pub fn in_memory() -> Result<(Audit, WriterHandle, MemoryTrail), SetupError> {
+        let buffer = MemoryTrail::default();
+        let (audit, writer) = Audit::start(
+            Target::Memory(buffer.clone()),
+            ChainKey::none(),
+            FsyncMode::Never,
+            "",
+        )?;
+        Ok((audit, writer, buffer))
+    }
+
+    fn start(
+        target: Target,
+        key: ChainKey,
+        fsync: FsyncMode,
+        policy_sha256: &str,
+    ) -> Result<(Audit, WriterHandle), SetupError> {
+        let sha = Arc::new(RwLock::new(Arc::from(policy_sha256)));
+        let writer = Writer::open(target, key, fsync, sha)?;
+        let (tx, rx) = sync_channel(QUEUE_DEPTH);
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || writer_loop(sink, rx))?;
+            .spawn(move || writer.run(rx))
+            .map_err(SetupError::Thread)?;
         let audit = Audit {
             tx,
             ids: Arc::new(IdGenerator::new()),
@@ -87,20 +160,12 @@ impl Audit {
         Ok((audit, WriterHandle { thread }))
     }
 
-    /// A trail kept in memory (for fuzzing and tests): returns the handle and the shared buffer.
-    #[doc(hidden)]
-    pub fn in_memory() -> io::Result<(Audit, WriterHandle, MemoryTrail)> {
-        let buffer = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (audit, writer) = Audit::start(Sink::Memory(buffer.clone()))?;
-        Ok((audit, writer, buffer))
-    }
-
     /// A fresh, unique audit id.
     pub fn next_id(&self) -> String {
         self.ids.next()
     }
 
-    /// Writes a record and waits until it is in the trail.
+    /// Writes a record and waits until it is in the trail (and synced, per `[audit] fsync`).
     pub async fn commit(&self, record: Record) -> Result<(), AuditError> {
         let (ack, done) = oneshot::channel();
         self.tx
@@ -109,99 +174,40 @@ impl Audit {
         done.await.unwrap_or(Err(AuditError::Closed))
     }
 
-    /// Queues a record without waiting (for use where no task can wait, e.g. in `Drop`).
+    /// Queues a record without waiting (where no task can wait, e.g. in `Drop`).
     pub fn submit(&self, record: Record) {
         if let Err(e) = self.tx.try_send(Job::Write(Box::new(record), None)) {
             tracing::error!(error = %queue_error(e), "audit record lost");
         }
     }
 
-    /// Waits until everything queued so far is written.
+    /// Waits until everything queued so far is written and synced.
     pub async fn flush(&self) -> Result<(), AuditError> {
         let (ack, done) = oneshot::channel();
-        self.tx
-            .send(Job::Flush(ack))
-            .await
-            .map_err(|_| AuditError::Closed)?;
+        self.tx.try_send(Job::Flush(ack)).map_err(queue_error)?;
         done.await.unwrap_or(Err(AuditError::Closed))
     }
+
+    /// Reopens the trail path (after an external tool moved the file away).
+    pub fn reopen(&self) {
+        let _ = self.tx.try_send(Job::Reopen);
+    }
+
+    /// Records the writer makes itself will carry this policy hash from now on.
+    pub fn set_policy(&self, sha256: &str) {
+        let _ = self.tx.try_send(Job::SetPolicy(Arc::from(sha256)));
+    }
 }
 
-fn queue_error<T>(e: mpsc::error::TrySendError<T>) -> AuditError {
+fn queue_error<T>(e: TrySendError<T>) -> AuditError {
     match e {
-        mpsc::error::TrySendError::Full(_) => AuditError::Overloaded,
-        mpsc::error::TrySendError::Closed(_) => AuditError::Closed,
-    }
-}
-
-fn open_append(path: &PathBuf) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
-}
-
-enum Sink {
-    Stdout,
-    File(File, PathBuf),
-    Memory(MemoryTrail),
-}
-
-impl Sink {
-    fn write_batch(&mut self, bytes: &[u8]) -> io::Result<()> {
-        match self {
-            Sink::Stdout => {
-                let mut out = io::stdout().lock();
-                out.write_all(bytes)?;
-                out.flush()
-            }
-            Sink::File(file, _) => file.write_all(bytes),
-            Sink::Memory(buf) => {
-                buf.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .extend_from_slice(bytes);
-                Ok(())
-            }
-        }
-    }
-}
-
-fn writer_loop(mut sink: Sink, mut rx: mpsc::Receiver<Job>) {
-    let mut buf = Vec::with_capacity(64 * 1024);
-    let mut acks: Vec<Ack> = Vec::new();
-    while let Some(first) = rx.blocking_recv() {
-        buf.clear();
-        let mut next = Some(first);
-        let mut taken = 0;
-        while let Some(job) = next.take() {
-            match job {
-                Job::Write(record, ack) => {
-                    serde_json::to_writer(&mut buf, &*record)
-                        .expect("audit records always serialise");
-                    buf.push(b'\n');
-                    acks.extend(ack);
-                }
-                Job::Flush(ack) => acks.push(ack),
-            }
-            taken += 1;
-            if taken < MAX_BATCH {
-                next = rx.try_recv().ok();
-            }
-        }
-        let result = sink.write_batch(&buf).map_err(|e| {
-            let target = match &sink {
-                Sink::Stdout => "stdout".to_string(),
-                Sink::Memory(_) => "memory".to_string(),
-                Sink::File(_, p) => p.display().to_string(),
-            };
-            tracing::error!(error = %e, trail = %target, "audit write failed");
-            AuditError::Write(Arc::from(format!("{target}: {e}")))
-        });
-        for ack in acks.drain(..) {
-            let _ = ack.send(result.clone());
-        }
+        TrySendError::Full(_) => AuditError::Overloaded,
+        TrySendError::Disconnected(_) => AuditError::Closed,
     }
 }
 
 /// Audit ids: a per-process random prefix and a counter, so ids are unique within a trail and
-/// across restarts without a coordination point.
+/// across restarts without a coordination point, and sort in the order requests arrived.
 struct IdGenerator {
     prefix: u32,
     counter: AtomicU64,
@@ -229,3 +235,6 @@ impl IdGenerator {
         format!("{:08x}-{:010x}", self.prefix, n)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -62,6 +62,34 @@ pub enum AuditPath {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditConfig {
     pub path: AuditPath,
+    /// HMAC key for the hash chain; without one the chain is plain SHA-256.
+    pub key_file: Option<PathBuf>,
+    pub fsync: FsyncMode,
+    /// Rotate the trail file before it would grow past this many bytes.
+    pub max_bytes: Option<u64>,
+    /// Rotated files kept (`audit.jsonl.1` … `.keep`).
+    pub keep: u32,
+    pub on_drift: DriftAction,
+}
+
+/// When trail writes are forced to stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncMode {
+    /// Before any request that depends on a record goes ahead (group commit batches waiters).
+    Always,
+    /// At most once a second; a power failure can lose the last second.
+    Interval,
+    /// Left to the operating system.
+    Never,
+}
+
+/// What happens when the policy file changes on disk without a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriftAction {
+    /// Record `policy.drift`, stop accepting, close tunnels, exit non-zero.
+    Halt,
+    /// Record `policy.drift` and reload as if on SIGHUP.
+    Reload,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,6 +271,64 @@ fn build(path: &Path, text: &str, raw: RawFile, diags: &mut Diagnostics) -> Conf
         Some(p) => AuditPath::File(PathBuf::from(p.into_inner())),
     };
 
+    let key_file = audit.key_file.and_then(|k| {
+        if k.get_ref().is_empty() {
+            diags.error(
+                k.span(),
+                "audit.key_file",
+                "must be a path to a file holding the HMAC key",
+            );
+            None
+        } else {
+            Some(PathBuf::from(k.into_inner()))
+        }
+    });
+    let fsync = match audit
+        .fsync
+        .as_ref()
+        .map(|m| (m.get_ref().as_str(), m.span()))
+    {
+        None | Some(("always", _)) => FsyncMode::Always,
+        Some(("interval", _)) => FsyncMode::Interval,
+        Some(("never", _)) => FsyncMode::Never,
+        Some((other, span)) => {
+            diags.error(
+                span,
+                "audit.fsync",
+                format!("unknown value {other:?}; expected \"always\", \"interval\" or \"never\""),
+            );
+            FsyncMode::Always
+        }
+    };
+    let on_drift = match audit
+        .on_drift
+        .as_ref()
+        .map(|m| (m.get_ref().as_str(), m.span()))
+    {
+        None | Some(("halt", _)) => DriftAction::Halt,
+        Some(("reload", _)) => DriftAction::Reload,
+        Some((other, span)) => {
+            diags.error(
+                span,
+                "audit.on_drift",
+                format!("unknown value {other:?}; expected \"halt\" or \"reload\""),
+            );
+            DriftAction::Halt
+        }
+    };
+    let max_bytes = audit
+        .max_bytes
+        .map(|m| bounded_int(Some(m), "audit.max_bytes", 0, 4096..=(1 << 40), diags) as u64);
+    let keep = bounded_int(audit.keep, "audit.keep", 5, 1..=1000, diags) as u32;
+    let audit = AuditConfig {
+        path: audit_path,
+        key_file,
+        fsync,
+        max_bytes,
+        keep,
+        on_drift,
+    };
+
     let nameservers = socket_addrs(
         &dns.nameservers.unwrap_or_default(),
         "dns.nameservers",
@@ -403,7 +489,7 @@ fn build(path: &Path, text: &str, raw: RawFile, diags: &mut Diagnostics) -> Conf
         path: path.to_path_buf(),
         sha256: hex::encode(Sha256::digest(text.as_bytes())),
         proxy: ProxyConfig { listen },
-        audit: AuditConfig { path: audit_path },
+        audit,
         dns,
         limits,
         policy: PolicyConfig {

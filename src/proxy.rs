@@ -130,6 +130,12 @@ impl Proxy {
             (Outcome::Allow { .. }, _) => {}
         }
         let resolved = self.resolve(policy, ex, &target, &decision).await?;
+        // Durable before egress: the decision is in the trail before any byte goes upstream,
+        // and if it cannot be recorded the request does not happen.
+        self.audit
+            .commit(ex.net_open(policy))
+            .await
+            .map_err(ProxyError::Audit)?;
         if req.method() == Method::CONNECT {
             tunnel::open(self, policy, conn, ex, resolved, req).await
         } else {

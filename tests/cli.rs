@@ -304,7 +304,9 @@ async fn curl_through_the_proxy_via_environment_variables() {
             .count(),
         2
     );
-    assert_eq!(records[0]["event"], "proxy.start");
+    assert_eq!(records[0]["event"], "trail.open");
+    assert_eq!(records[1]["event"], "proxy.start");
+    assert_eq!(records[2]["event"], "policy.load");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,91 @@ pub enum Record {
     Violation(Violation),
     ProxyStart(ProxyStart),
     ToolExec(ToolExec),
+    NetOpen(NetOpen),
+    TrailOpen(TrailOpen),
+    PolicyLoad(PolicyLoad),
+    PolicyReload(PolicyReload),
+    PolicyReloadFailed(PolicyReloadFailed),
+    PolicyDrift(PolicyDrift),
+}
+
+/// The decision to let a request out, written (and synced, with `fsync = "always"`) before the
+/// upstream connection is opened. The request's `net.req` (same `audit_id`) closes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetOpen {
+    pub ts: String,
+    pub audit_id: String,
+    pub event: &'static str,
+    pub plugin: Option<String>,
+    pub client: SocketAddr,
+    pub method: String,
+    pub host: String,
+    pub port: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    pub resolved: Vec<IpAddr>,
+    pub decision: &'static str,
+    pub rule: Option<String>,
+    pub policy_sha256: String,
+}
+
+/// First record of every trail file: why the file starts, and which chain it uses.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrailOpen {
+    pub ts: String,
+    pub event: &'static str,
+    /// `start`, `rotate`, `reopen` (SIGUSR1) or `recreated` (the file was removed).
+    pub reason: &'static str,
+    /// `sha256` or `hmac-sha256`.
+    pub chain: &'static str,
+    /// Bytes of a torn final line cut off when resuming after a crash.
+    pub torn_bytes: u64,
+    pub policy_sha256: String,
+}
+
+/// The policy the proxy starts with.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyLoad {
+    pub ts: String,
+    pub event: &'static str,
+    pub path: String,
+    pub policy_sha256: String,
+}
+
+/// A valid policy swapped in on SIGHUP (or on drift with `on_drift = "reload"`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyReload {
+    pub ts: String,
+    pub event: &'static str,
+    pub path: String,
+    pub old_sha256: String,
+    pub policy_sha256: String,
+}
+
+/// A reload refused because the new file is invalid; the old policy stays in force.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyReloadFailed {
+    pub ts: String,
+    pub event: &'static str,
+    pub path: String,
+    /// The first diagnostics, `FILE:LINE:COL: key: message`.
+    pub errors: Vec<String>,
+    /// SHA-256 of the refused file's bytes, when it could be read.
+    pub rejected_sha256: Option<String>,
+    pub policy_sha256: String,
+}
+
+/// The policy file changed on disk without a reload.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyDrift {
+    pub ts: String,
+    pub event: &'static str,
+    pub path: String,
+    /// SHA-256 of the file now (None when it is gone or unreadable).
+    pub found_sha256: Option<String>,
+    /// `halt` or `reload`.
+    pub action: &'static str,
+    pub policy_sha256: String,
 }
 
 /// One request through the proxy: what was asked, what was decided, what was dialed, and how much
@@ -94,6 +179,12 @@ pub struct ToolExec {
 }
 
 pub const NET_REQ: &str = "net.req";
+pub const NET_OPEN: &str = "net.open";
+pub const TRAIL_OPEN: &str = "trail.open";
+pub const POLICY_LOAD: &str = "policy.load";
+pub const POLICY_RELOAD: &str = "policy.reload";
+pub const POLICY_RELOAD_FAILED: &str = "policy.reload_failed";
+pub const POLICY_DRIFT: &str = "policy.drift";
 pub const TOOL_EXEC: &str = "tool.exec";
 pub const POLICY_VIOLATION: &str = "policy.violation";
 pub const PROXY_START: &str = "proxy.start";

@@ -29,6 +29,11 @@ pub(super) struct RawProxy {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAudit {
     pub path: Option<Spanned<String>>,
+    pub key_file: Option<Spanned<String>>,
+    pub fsync: Option<Spanned<String>>,
+    pub max_bytes: Option<Spanned<i64>>,
+    pub keep: Option<Spanned<i64>>,
+    pub on_drift: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

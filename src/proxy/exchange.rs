@@ -7,7 +7,7 @@ use std::time::Instant;
 use http::{Method, Request};
 
 use super::ConnInfo;
-use crate::audit::record::{self, NetReq, Record, Violation};
+use crate::audit::record::{self, NetOpen, NetReq, Record, Violation};
 use crate::audit::redact;
 use crate::policy::{Policy, RuleId};
 use crate::target::Target;
@@ -105,6 +105,25 @@ impl Exchange {
             bytes_up,
             bytes_down,
             duration_ms: self.started.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// The decision record written before the upstream connection is opened.
+    pub fn net_open(&self, policy: &Policy) -> Record {
+        Record::NetOpen(NetOpen {
+            ts: record::now(),
+            audit_id: self.audit_id.clone(),
+            event: record::NET_OPEN,
+            plugin: self.plugin.as_deref().map(str::to_string),
+            client: self.client,
+            method: self.method.clone(),
+            host: self.host.clone(),
+            port: self.port,
+            path: self.path.clone(),
+            resolved: self.resolved.clone(),
+            decision: "allow",
+            rule: self.rule.as_deref().map(str::to_string),
+            policy_sha256: policy.sha256.clone(),
         })
     }
 
