@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -13,11 +14,15 @@ use tokio::sync::mpsc;
 
 use crate::audit::record::{self, PolicyLoad, ProxyStart, Record};
 use crate::audit::{Audit, AuditError, SetupError, WriterHandle};
-use crate::config::Config;
+use crate::config::{Config, DriftAction};
 use crate::egress::Egress;
 use crate::policy::Policy;
 use crate::proxy::Proxy;
 use crate::server::{self, Listener};
+pub use supervise::Control;
+use supervise::Supervisor;
+
+mod supervise;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +42,8 @@ pub enum StartError {
     NoListeners,
     #[error("server failed: {0}")]
     Serve(std::io::Error),
+    #[error("halted: the policy file changed on disk without a reload (policy.drift recorded)")]
+    Halted,
 }
 
 /// Binds the anonymous listeners (`override_listen` replaces `[proxy] listen` when not empty)
@@ -84,6 +91,10 @@ pub struct Running {
     listeners: Vec<Listener>,
     late_tx: mpsc::Sender<Listener>,
     late_rx: mpsc::Receiver<Listener>,
+    control_tx: mpsc::Sender<Control>,
+    control_rx: mpsc::Receiver<Control>,
+    policy_path: PathBuf,
+    on_drift: DriftAction,
 }
 
 /// Sets the proxy up on `listeners`: opens the trail, records `proxy.start`, builds the resolver.
@@ -116,12 +127,17 @@ pub async fn start(config: Config, listeners: Vec<Listener>) -> Result<Running, 
         .map_err(StartError::Resolver)?;
     let proxy = Arc::new(Proxy::new(policy, egress, audit, config.limits.clone()));
     let (late_tx, late_rx) = mpsc::channel(64);
+    let (control_tx, control_rx) = mpsc::channel(16);
     Ok(Running {
         proxy,
         writer,
         listeners,
         late_tx,
         late_rx,
+        control_tx,
+        control_rx,
+        policy_path: config.path.clone(),
+        on_drift: config.audit.on_drift,
     })
 }
 
@@ -139,7 +155,13 @@ impl Running {
         self.late_tx.clone()
     }
 
-    /// Serves until `shutdown` resolves, then drains and flushes the trail.
+    /// Sends reload / reopen requests (the binary forwards SIGHUP and SIGUSR1 here).
+    pub fn control_sender(&self) -> mpsc::Sender<Control> {
+        self.control_tx.clone()
+    }
+
+    /// Serves until `shutdown` resolves (or the policy drifts and `on_drift = "halt"`), then
+    /// drains and flushes the trail.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
         let Running {
             proxy,
@@ -147,20 +169,49 @@ impl Running {
             listeners,
             late_tx,
             late_rx,
+            control_tx,
+            control_rx,
+            policy_path,
+            on_drift,
         } = self;
-        drop(late_tx);
+        drop((late_tx, control_tx));
+        let halt = proxy.halt_token();
+        let supervisor = tokio::spawn(
+            Supervisor {
+                proxy: proxy.clone(),
+                path: policy_path,
+                on_drift,
+                halt: halt.clone(),
+            }
+            .run(control_rx),
+        );
+        let stop = {
+            let halt = halt.clone();
+            async move {
+                tokio::select! {
+                    _ = shutdown => {}
+                    _ = halt.cancelled() => {}
+                }
+            }
+        };
         for l in &listeners {
             if let Ok(addr) = l.socket.local_addr() {
                 tracing::info!(%addr, plugin = l.plugin.as_deref().unwrap_or("-"), "listening");
             }
         }
-        let result = server::run(listeners, late_rx, proxy.clone(), shutdown).await;
+        let result = server::run(listeners, late_rx, proxy.clone(), stop).await;
+        supervisor.abort();
+        let _ = supervisor.await;
         drop(proxy);
         // The writer exits once every Audit handle is gone; a tunnel that outlived the drain may
         // still hold one, so wait only briefly (everything queued was flushed by `server::run`).
         let join = tokio::task::spawn_blocking(move || writer.join());
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), join).await;
-        result.map_err(StartError::Serve)
+        result.map_err(StartError::Serve)?;
+        if halt.is_cancelled() {
+            return Err(StartError::Halted);
+        }
+        Ok(())
     }
 }
 

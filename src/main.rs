@@ -31,6 +31,11 @@ enum Command {
         #[arg(long = "listen", value_name = "ADDR")]
         listen: Vec<SocketAddr>,
     },
+    /// Audit trail tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Validate a policy file: exit 0 with a summary, or 1 with every error as FILE:LINE:COL: key: message.
     Check {
         /// The network-egress policy file.
@@ -42,6 +47,20 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify a trail's hash chain. Exit 0: intact; 1: broken (the first bad line is named);
+    /// 2: intact up to a truncated final line (a crash mid-write).
+    Verify {
+        /// Trail files in order, oldest first (e.g. audit.jsonl.2 audit.jsonl.1 audit.jsonl).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The HMAC key file the trail was written with (`[audit] key_file`).
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -50,6 +69,9 @@ fn main() -> ExitCode {
             None => ExitCode::FAILURE,
         },
         Command::Serve { config, listen } => serve(&config, &listen),
+        Command::Audit {
+            command: AuditCommand::Verify { files, key_file },
+        } => audit_verify(&files, key_file.as_deref()),
     }
 }
 
@@ -132,12 +154,82 @@ fn serve(file: &std::path::Path, listen: &[SocketAddr]) -> ExitCode {
     };
     let result = runtime.block_on(async {
         let listeners = app::bind(&config, listen).await?;
-        app::serve(config, listeners, shutdown_signal()).await
+        let running = app::start(config, listeners).await?;
+        forward_control_signals(running.control_sender());
+        running.serve(shutdown_signal()).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("egress-gate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGHUP reloads the policy; SIGUSR1 reopens the audit trail path (external log rotation).
+fn forward_control_signals(control: tokio::sync::mpsc::Sender<app::Control>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    for (kind, message) in [
+        (SignalKind::hangup(), app::Control::Reload),
+        (SignalKind::user_defined1(), app::Control::ReopenTrail),
+    ] {
+        let control = control.clone();
+        match signal(kind) {
+            Ok(mut stream) => {
+                tokio::spawn(async move {
+                    while stream.recv().await.is_some() {
+                        if control.send(message).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            Err(e) => tracing::error!(error = %e, ?message, "cannot watch signal"),
+        }
+    }
+}
+
+fn audit_verify(files: &[PathBuf], key_file: Option<&std::path::Path>) -> ExitCode {
+    let key = match key_file {
+        Some(path) => match egress_gate::audit::read_key_file(path) {
+            Ok(key) => key,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => egress_gate::audit::ChainKey::none(),
+    };
+    match egress_gate::audit::verify::verify_files(files, &key) {
+        Ok(s) => {
+            let last = s.last_seq.map_or("-".to_string(), |n| n.to_string());
+            println!(
+                "ok: {} records, last seq {last}, head {}",
+                s.records,
+                hex::encode(s.head)
+            );
+            if let Some(prev) = s.starts_after {
+                println!(
+                    "note: the chain starts after {} (earlier files were not given)",
+                    hex::encode(prev)
+                );
+            }
+            match s.truncated_tail {
+                None => ExitCode::SUCCESS,
+                Some(t) => {
+                    println!(
+                        "truncated tail: {}:{}: {} bytes of an unfinished record (the writer was cut off, e.g. a crash; not tampering)",
+                        t.file.display(),
+                        t.line,
+                        t.bytes
+                    );
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Err(problem) => {
+            println!("FAILED: {problem}");
             ExitCode::FAILURE
         }
     }

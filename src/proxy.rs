@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use http::{Method, Request, Response, header};
 use hyper::body::Incoming;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::Audit;
@@ -39,6 +40,8 @@ pub struct Proxy {
     pool: Arc<pool::Pool>,
     /// Open tunnels, so shutdown can wait for them.
     tunnels: TaskTracker,
+    /// Cancelled when the proxy halts (policy drift): tunnels close at once instead of draining.
+    halt: CancellationToken,
 }
 
 /// What the server knows about a client connection.
@@ -60,7 +63,13 @@ impl Proxy {
             pool: Arc::new(pool::Pool::new(limits.idle_timeout)),
             limits,
             tunnels: TaskTracker::new(),
+            halt: CancellationToken::new(),
         }
+    }
+
+    /// The token that halts the proxy: cancelling it closes every tunnel.
+    pub fn halt_token(&self) -> CancellationToken {
+        self.halt.clone()
     }
 
     /// The policy in force right now.

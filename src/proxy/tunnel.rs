@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::exchange::Exchange;
 use super::respond::{self, Body, ProxyError};
@@ -39,12 +40,13 @@ pub(super) async fn open(
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     let idle = proxy.limits.idle_timeout;
+    let halt = proxy.halt.clone();
     let (proxy_task, policy, ex) = (proxy.clone(), policy.clone(), ex.clone());
     // Holding the connection info keeps its `max_connections` slot for the tunnel's lifetime.
     let conn = conn.clone();
     proxy.tunnels.spawn(async move {
         let (up, down) = match on_upgrade.await {
-            Ok(upgraded) => relay(TokioIo::new(upgraded), upstream, idle).await,
+            Ok(upgraded) => relay(TokioIo::new(upgraded), upstream, idle, &halt).await,
             Err(e) => {
                 tracing::debug!(audit_id = %ex.audit_id, error = %e, "client went away before the tunnel started");
                 (0, 0)
@@ -59,9 +61,9 @@ pub(super) async fn open(
     Ok(resp)
 }
 
-/// Copies both ways until both sides are done or nothing moved for `idle`. Returns
-/// (bytes client→upstream, bytes upstream→client).
-async fn relay<C, U>(client: C, upstream: U, idle: Duration) -> (u64, u64)
+/// Copies both ways until both sides are done, nothing moved for `idle`, or the proxy halts.
+/// Returns (bytes client→upstream, bytes upstream→client).
+async fn relay<C, U>(client: C, upstream: U, idle: Duration, halt: &CancellationToken) -> (u64, u64)
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -76,6 +78,7 @@ where
     loop {
         tokio::select! {
             _ = &mut copy => break,
+            _ = halt.cancelled() => break,
             _ = tokio::time::sleep_until(deadline) => {
                 let last = start + Duration::from_millis(activity.last_ms.load(Ordering::Relaxed));
                 if last + idle <= Instant::now() {
@@ -173,7 +176,15 @@ mod tests {
     async fn idle_tunnels_are_closed_and_busy_ones_are_not() {
         let (client, mut client_peer) = tokio::io::duplex(1024);
         let (upstream, mut upstream_peer) = tokio::io::duplex(1024);
-        let relay = tokio::spawn(relay(client, upstream, Duration::from_secs(10)));
+        let relay = tokio::spawn(async move {
+            relay(
+                client,
+                upstream,
+                Duration::from_secs(10),
+                &CancellationToken::new(),
+            )
+            .await
+        });
         // Traffic every 6 s keeps a 10 s idle timeout from firing.
         for _ in 0..3 {
             tokio::time::sleep(Duration::from_secs(6)).await;
@@ -191,7 +202,15 @@ mod tests {
     async fn half_close_is_propagated() {
         let (client, mut client_peer) = tokio::io::duplex(1024);
         let (upstream, mut upstream_peer) = tokio::io::duplex(1024);
-        let relay = tokio::spawn(relay(client, upstream, Duration::from_secs(60)));
+        let relay = tokio::spawn(async move {
+            relay(
+                client,
+                upstream,
+                Duration::from_secs(60),
+                &CancellationToken::new(),
+            )
+            .await
+        });
         client_peer.write_all(b"request").await.unwrap();
         client_peer.shutdown().await.unwrap();
         let mut got = Vec::new();
