@@ -6,3 +6,4 @@ pub mod client;
 pub mod dns;
 pub mod origin;
 pub mod proxy;
+pub mod schema;

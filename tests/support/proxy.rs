@@ -25,6 +25,7 @@ pub struct TestProxy {
     dir: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), app::StartError>>>,
+    control: tokio::sync::mpsc::Sender<app::Control>,
 }
 
 impl TestProxy {
@@ -69,7 +70,9 @@ impl TestProxy {
             });
         }
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(app::serve(config, listeners, async {
+        let running = app::start(config, listeners).await.expect("proxy starts");
+        let control = running.control_sender();
+        let task = tokio::spawn(running.serve(async {
             let _ = rx.await;
         }));
         let proxy = TestProxy {
@@ -80,6 +83,7 @@ impl TestProxy {
             dir,
             shutdown: Some(tx),
             task: Some(task),
+            control,
         };
         // `proxy.start` is committed before the server accepts; wait for it so tests start clean.
         proxy.wait_for(|r| r["event"] == "proxy.start").await;
@@ -141,6 +145,26 @@ impl TestProxy {
             .into_iter()
             .filter(|r| r["event"] == "policy.violation" && r["audit_id"] == audit_id)
             .collect()
+    }
+
+    /// Asks the proxy to reload its policy file (what SIGHUP does).
+    pub async fn reload(&self) {
+        self.control.send(app::Control::Reload).await.unwrap();
+    }
+
+    /// Rewrites the policy file (the harness's `[audit]` table is kept).
+    pub fn rewrite_policy(&self, policy: &str) {
+        let text = format!("{policy}\n[audit]\npath = {:?}\n", self.audit_path.display().to_string());
+        std::fs::write(&self.policy_path, text).unwrap();
+    }
+
+    /// Waits (bounded) for the proxy to stop by itself and returns how it ended.
+    pub async fn wait_exit(&mut self) -> Result<(), app::StartError> {
+        let task = self.task.take().expect("proxy still running");
+        tokio::time::timeout(Duration::from_secs(15), task)
+            .await
+            .expect("proxy stopped by itself in time")
+            .unwrap()
     }
 
     /// Stops the proxy, waits for it to drain and flush, and returns the final trail.
