@@ -139,7 +139,12 @@ async fn a_keyed_trail_needs_its_key() {
     cfg.key_file = Some(key_path.clone());
     write_trail(&cfg, 3).await;
     let right = read_key_file(&key_path).unwrap();
-    assert_eq!(verify_files(std::slice::from_ref(&path), &right).unwrap().records, 4);
+    assert_eq!(
+        verify_files(std::slice::from_ref(&path), &right)
+            .unwrap()
+            .records,
+        4
+    );
     let wrong = ChainKey::hmac(b"another key of enough length".to_vec());
     let p = verify_files(std::slice::from_ref(&path), &wrong).unwrap_err();
     assert_eq!(

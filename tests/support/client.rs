@@ -74,6 +74,18 @@ pub async fn read_bytes_to_close(s: &mut TcpStream) -> Vec<u8> {
     buf
 }
 
+/// Reads until EOF or any error, never panicking (for clients racing a dying proxy).
+pub async fn read_bytes_to_close_lossy(s: &mut TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return buf,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 /// Reads one response head (up to the blank line) and `Content-Length` bytes of body, leaving the
 /// connection open.
 pub async fn read_one(s: &mut TcpStream) -> RawResponse {

@@ -5,8 +5,8 @@
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -22,6 +22,7 @@ pub struct Origin {
     pub addr: SocketAddr,
     connections: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
+    uris: Arc<Mutex<Vec<String>>>,
     task: JoinHandle<()>,
 }
 
@@ -37,17 +38,19 @@ impl Origin {
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
-        let (c, r) = (connections.clone(), requests.clone());
+        let uris = Arc::new(Mutex::new(Vec::new()));
+        let (c, r, u) = (connections.clone(), requests.clone(), uris.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
                 c.fetch_add(1, Ordering::SeqCst);
-                let r = r.clone();
+                let (r, u) = (r.clone(), u.clone());
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
+                    let svc = service_fn(move |req: Request<Incoming>| {
                         r.fetch_add(1, Ordering::SeqCst);
+                        u.lock().unwrap().push(req.uri().to_string());
                         echo(req)
                     });
                     let _ = http1::Builder::new()
@@ -60,6 +63,7 @@ impl Origin {
             addr,
             connections,
             requests,
+            uris,
             task,
         }
     }
@@ -74,6 +78,11 @@ impl Origin {
 
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// The request targets received so far, in arrival order.
+    pub fn uris(&self) -> Vec<String> {
+        self.uris.lock().unwrap().clone()
     }
 }
 

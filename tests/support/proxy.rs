@@ -26,6 +26,14 @@ pub struct TestProxy {
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), app::StartError>>>,
     control: tokio::sync::mpsc::Sender<app::Control>,
+    audit_options: String,
+}
+
+fn policy_text(policy: &str, audit_path: &std::path::Path, audit_options: &str) -> String {
+    format!(
+        "{policy}\n[audit]\npath = {:?}\n{audit_options}\n",
+        audit_path.display().to_string()
+    )
 }
 
 impl TestProxy {
@@ -44,13 +52,25 @@ impl TestProxy {
     /// Like `start_with_plugins`, on an anonymous listener the test bound itself (so the policy
     /// can name its port).
     pub async fn start_bound(policy: &str, anonymous: TcpListener, plugins: &[&str]) -> TestProxy {
+        TestProxy::start_full(policy, "", anonymous, plugins).await
+    }
+
+    /// Like `start`, with extra lines for the harness's `[audit]` table (e.g. `on_drift = "reload"`).
+    pub async fn start_with_audit_options(policy: &str, audit_options: &str) -> TestProxy {
+        let anonymous = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        TestProxy::start_full(policy, audit_options, anonymous, &[]).await
+    }
+
+    async fn start_full(
+        policy: &str,
+        audit_options: &str,
+        anonymous: TcpListener,
+        plugins: &[&str],
+    ) -> TestProxy {
         let dir = tempfile::tempdir().unwrap();
         let audit_path = dir.path().join("audit.jsonl");
         let policy_path = dir.path().join("policy.toml");
-        let text = format!(
-            "{policy}\n[audit]\npath = {:?}\n",
-            audit_path.display().to_string()
-        );
+        let text = policy_text(policy, &audit_path, audit_options);
         std::fs::write(&policy_path, &text).unwrap();
         let config = egress_gate::config::load(&policy_path)
             .unwrap_or_else(|e| panic!("test policy invalid:\n{e}"));
@@ -84,6 +104,7 @@ impl TestProxy {
             shutdown: Some(tx),
             task: Some(task),
             control,
+            audit_options: audit_options.to_string(),
         };
         // `proxy.start` is committed before the server accepts; wait for it so tests start clean.
         proxy.wait_for(|r| r["event"] == "proxy.start").await;
@@ -154,8 +175,11 @@ impl TestProxy {
 
     /// Rewrites the policy file (the harness's `[audit]` table is kept).
     pub fn rewrite_policy(&self, policy: &str) {
-        let text = format!("{policy}\n[audit]\npath = {:?}\n", self.audit_path.display().to_string());
-        std::fs::write(&self.policy_path, text).unwrap();
+        std::fs::write(
+            &self.policy_path,
+            policy_text(policy, &self.audit_path, &self.audit_options),
+        )
+        .unwrap();
     }
 
     /// Waits (bounded) for the proxy to stop by itself and returns how it ended.
