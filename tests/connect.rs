@@ -240,3 +240,34 @@ async fn the_proxy_refuses_to_dial_itself() {
         Some("non_public_address")
     );
 }
+
+#[tokio::test]
+async fn an_upstream_that_never_completes_the_handshake_is_504_connect_timeout() {
+    // A listener that never accepts, with its accept queue full: the kernel drops further SYNs,
+    // so the proxy's connect hangs until `connect_timeout`.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    let _listener = socket.listen(0).unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            tokio::net::TcpStream::connect(("127.0.0.1", port)),
+        )
+        .await
+        {
+            fillers.push(s);
+        }
+    }
+    let policy = format!(
+        "version = 1\n[limits]\nconnect_timeout = \"1s\"\n[[policy.allow]]\ncidr = \"127.0.0.1/32\"\nports = [{port}]\n"
+    );
+    let proxy = TestProxy::start(&policy).await;
+    let (resp, _) = connect(proxy.addr, &format!("127.0.0.1:{port}"), "").await;
+    assert_eq!(resp.status, 504, "{resp:?}");
+    assert_eq!(
+        resp.header("x-egress-gate-reason").as_deref(),
+        Some("connect_timeout")
+    );
+}
