@@ -79,6 +79,12 @@ pub async fn bind(
 }
 
 async fn bind_one(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    if !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "listening beyond loopback: anyone who can reach this address can use the proxy's allowlist"
+        );
+    }
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { addr, source })
