@@ -46,14 +46,17 @@ pub async fn run(
     let connections = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(proxy.limits().max_connections));
     let mut accept_loops = tokio::task::JoinSet::new();
-    for listener in listeners {
-        accept_loops.spawn(accept_loop(
+    let spawn_accept_loop = |set: &mut tokio::task::JoinSet<()>, listener: Listener| {
+        set.spawn(accept_loop(
             listener,
             proxy.clone(),
             permits.clone(),
             connections.clone(),
             stop.clone(),
         ));
+    };
+    for listener in listeners {
+        spawn_accept_loop(&mut accept_loops, listener);
     }
     tokio::pin!(shutdown);
     loop {
@@ -63,13 +66,7 @@ pub async fn run(
                 if let Ok(addr) = listener.socket.local_addr() {
                     tracing::info!(%addr, plugin = listener.plugin.as_deref().unwrap_or("-"), "listening (added)");
                 }
-                accept_loops.spawn(accept_loop(
-                    listener,
-                    proxy.clone(),
-                    permits.clone(),
-                    connections.clone(),
-                    stop.clone(),
-                ));
+                spawn_accept_loop(&mut accept_loops, listener);
             }
         }
     }

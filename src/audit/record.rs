@@ -26,13 +26,9 @@ pub enum Record {
 #[derive(Debug, Clone, Serialize)]
 pub struct NetOpen {
     pub ts: String,
-    pub audit_id: String,
     pub event: &'static str,
-    pub plugin: Option<String>,
-    pub client: SocketAddr,
-    pub method: String,
-    pub host: String,
-    pub port: u16,
+    #[serde(flatten)]
+    pub request: RequestInfo,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     pub resolved: Vec<IpAddr>,
@@ -100,18 +96,25 @@ pub struct PolicyDrift {
     pub policy_sha256: String,
 }
 
-/// One request through the proxy: what was asked, what was decided, what was dialed, and how much
-/// moved. Written once the exchange is over (or refused).
+/// Who asked for what: the fields every per-request record shares.
 #[derive(Debug, Clone, Serialize)]
-pub struct NetReq {
-    pub ts: String,
+pub struct RequestInfo {
     pub audit_id: String,
-    pub event: &'static str,
     pub plugin: Option<String>,
     pub client: SocketAddr,
     pub method: String,
     pub host: String,
     pub port: u16,
+}
+
+/// One request through the proxy: what was asked, what was decided, what was dialed, and how much
+/// moved. Written once the exchange is over (or refused).
+#[derive(Debug, Clone, Serialize)]
+pub struct NetReq {
+    pub ts: String,
+    pub event: &'static str,
+    #[serde(flatten)]
+    pub request: RequestInfo,
     /// Plain-HTTP only: the path with secret-looking query values redacted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
@@ -132,13 +135,9 @@ pub struct NetReq {
 #[derive(Debug, Clone, Serialize)]
 pub struct Violation {
     pub ts: String,
-    pub audit_id: String,
     pub event: &'static str,
-    pub plugin: Option<String>,
-    pub client: SocketAddr,
-    pub method: String,
-    pub host: String,
-    pub port: u16,
+    #[serde(flatten)]
+    pub request: RequestInfo,
     pub reason: &'static str,
     pub rule: Option<String>,
     /// The offending addresses for `non_public_address`.

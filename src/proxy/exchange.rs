@@ -7,7 +7,7 @@ use std::time::Instant;
 use http::{Method, Request};
 
 use super::ConnInfo;
-use crate::audit::record::{self, NetOpen, NetReq, Record, Violation};
+use crate::audit::record::{self, NetOpen, NetReq, Record, RequestInfo, Violation};
 use crate::audit::redact;
 use crate::policy::{Policy, RuleId};
 use crate::target::Target;
@@ -87,13 +87,8 @@ impl Exchange {
     ) -> Record {
         Record::NetReq(NetReq {
             ts: record::now(),
-            audit_id: self.audit_id.clone(),
             event: record::NET_REQ,
-            plugin: self.plugin.as_deref().map(str::to_string),
-            client: self.client,
-            method: self.method.clone(),
-            host: self.host.clone(),
-            port: self.port,
+            request: self.request_info(),
             path: self.path.clone(),
             resolved: self.resolved.clone(),
             connected: self.connected,
@@ -108,17 +103,23 @@ impl Exchange {
         })
     }
 
-    /// The decision record written before the upstream connection is opened.
-    pub fn net_open(&self, policy: &Policy) -> Record {
-        Record::NetOpen(NetOpen {
-            ts: record::now(),
+    fn request_info(&self) -> RequestInfo {
+        RequestInfo {
             audit_id: self.audit_id.clone(),
-            event: record::NET_OPEN,
             plugin: self.plugin.as_deref().map(str::to_string),
             client: self.client,
             method: self.method.clone(),
             host: self.host.clone(),
             port: self.port,
+        }
+    }
+
+    /// The decision record written before the upstream connection is opened.
+    pub fn net_open(&self, policy: &Policy) -> Record {
+        Record::NetOpen(NetOpen {
+            ts: record::now(),
+            event: record::NET_OPEN,
+            request: self.request_info(),
             path: self.path.clone(),
             resolved: self.resolved.clone(),
             decision: "allow",
@@ -137,13 +138,8 @@ impl Exchange {
     ) -> Record {
         Record::Violation(Violation {
             ts: record::now(),
-            audit_id: self.audit_id.clone(),
             event: record::POLICY_VIOLATION,
-            plugin: self.plugin.as_deref().map(str::to_string),
-            client: self.client,
-            method: self.method.clone(),
-            host: self.host.clone(),
-            port: self.port,
+            request: self.request_info(),
             reason,
             rule: rule.map(|r| r.to_string()),
             addresses,
