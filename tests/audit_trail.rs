@@ -4,15 +4,14 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::client::{self, connect, get};
 use support::origin::Origin;
+use support::process::{BIN, KillOnDrop, free_port, wait_listening};
 use support::proxy::TestProxy;
 use tokio::io::AsyncWriteExt;
-
-const BIN: &str = env!("CARGO_BIN_EXE_egress-gate");
 
 fn allow_origin(port: u16) -> String {
     format!("version = 1\n[[policy.allow]]\ncidr = \"127.0.0.1/32\"\nports = [{port}]\n")
@@ -213,39 +212,6 @@ async fn drift_with_on_drift_reload_reloads_instead() {
     proxy.stop().await;
 }
 
-/// A `serve` child process, killed on drop.
-struct Child_ {
-    child: Child,
-}
-
-impl Drop for Child_ {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_listening(port: u16) {
-    for _ in 0..500 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("proxy did not start listening on {port}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_leaves_a_verifiable_trail_covering_everything_that_went_out() {
     let origin = Origin::start().await;
@@ -262,8 +228,8 @@ async fn sigkill_under_load_leaves_a_verifiable_trail_covering_everything_that_w
     )
     .unwrap();
     let port = free_port();
-    let child = Child_ {
-        child: Command::new(BIN)
+    let child = KillOnDrop(
+        Command::new(BIN)
             .args([
                 "serve",
                 "--config",
@@ -275,7 +241,7 @@ async fn sigkill_under_load_leaves_a_verifiable_trail_covering_everything_that_w
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
-    };
+    );
     wait_listening(port).await;
     let proxy: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
 
@@ -295,14 +261,7 @@ async fn sigkill_under_load_leaves_a_verifiable_trail_covering_everything_that_w
         }));
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let pid = child.child.id();
-    assert!(
-        Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    support::process::signal(child.id(), "KILL");
     for c in clients {
         let _ = tokio::time::timeout(Duration::from_secs(20), c).await;
     }
@@ -359,8 +318,8 @@ async fn secrets_never_reach_the_trail_or_the_logs() {
     .unwrap();
     let port = free_port();
     let log = dir.path().join("stderr.log");
-    let child = Child_ {
-        child: Command::new(BIN)
+    let child = KillOnDrop(
+        Command::new(BIN)
             .args([
                 "serve",
                 "--config",
@@ -373,7 +332,7 @@ async fn secrets_never_reach_the_trail_or_the_logs() {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap(),
-    };
+    );
     wait_listening(port).await;
     let proxy: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     let basic = base64_of("w:tok-SECRET-1");
@@ -416,16 +375,11 @@ async fn secrets_never_reach_the_trail_or_the_logs() {
     assert_eq!(resp.status, 200);
     drop(s);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    Command::new("kill")
-        .args(["-TERM", &child.child.id().to_string()])
-        .status()
-        .unwrap();
     let mut child = child;
-    let _ = tokio::task::spawn_blocking(move || {
-        let _ = child.child.wait();
-        child
-    })
-    .await;
+    let status = tokio::task::spawn_blocking(move || child.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "serve exited with {status}");
 
     let trail_text = std::fs::read_to_string(&trail).unwrap();
     let log_text = std::fs::read_to_string(&log).unwrap();
@@ -488,17 +442,15 @@ fn a_full_disk_refuses_requests_with_503_and_service_resumes_when_space_returns(
             mnt = mnt.display(),
             policy = policy.display()
         );
-        let child = Child_ {
-            child: Command::new("unshare")
+        let child = KillOnDrop(Command::new("unshare")
                 .args(["-rm", "sh", "-c", &script])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .unwrap(),
-        };
+                .unwrap());
         wait_listening(port).await;
         let proxy: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-        let inside = PathBuf::from(format!("/proc/{}/root{}", child.child.id(), mnt.display()));
+        let inside = PathBuf::from(format!("/proc/{}/root{}", child.id(), mnt.display()));
         let url = format!("http://127.0.0.1:{}/", origin.port());
         assert_eq!(get(proxy, &url, "").await.status, 200);
 

@@ -4,12 +4,10 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
 use support::origin::Origin;
-
-const BIN: &str = env!("CARGO_BIN_EXE_egress-gate");
+use support::process::{BIN, KillOnDrop, free_port, wait_listening_blocking};
 
 fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -22,14 +20,6 @@ fn run(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]
@@ -126,9 +116,9 @@ fn serve_refuses_to_start_without_a_valid_policy() {
     assert!(std::net::TcpStream::connect(&listen).is_err());
 }
 
-/// A running `egress-gate serve`, killed on drop.
+/// A running `egress-gate serve` in its own working directory, killed on drop.
 struct Served {
-    child: Child,
+    child: KillOnDrop,
     dir: tempfile::TempDir,
     port: u16,
 }
@@ -137,59 +127,34 @@ impl Served {
     fn start(policy: &Path) -> Served {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let child = Command::new(BIN)
-            .args([
-                "serve",
-                "--config",
-                policy.to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        // Constructed first so that Drop kills the child on every path below.
-        let served = Served { child, dir, port };
-        for _ in 0..500 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return served;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("egress-gate serve did not start listening");
+        let child = KillOnDrop(
+            Command::new(BIN)
+                .args([
+                    "serve",
+                    "--config",
+                    policy.to_str().unwrap(),
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                ])
+                .current_dir(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        wait_listening_blocking(port);
+        Served { child, dir, port }
     }
 
     fn proxy_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn trail(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap_or_default()
-    }
-
     /// SIGTERM, then wait: the process must exit cleanly and flush the trail.
     fn terminate(mut self) -> String {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        for _ in 0..1000 {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "serve exited with {status}");
-                return self.trail();
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("serve did not exit after SIGTERM");
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let status = self.child.terminate();
+        assert!(status.success(), "serve exited with {status}");
+        std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap_or_default()
     }
 }
 
