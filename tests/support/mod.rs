@@ -5,5 +5,6 @@
 pub mod client;
 pub mod dns;
 pub mod origin;
+pub mod process;
 pub mod proxy;
 pub mod schema;
