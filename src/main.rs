@@ -1,4 +1,5 @@
-//! The `egress-gate` command line: `serve` runs the proxy, `check` validates a policy file.
+//! The `egress-gate` command line: `serve` runs the proxy, `run` starts a plugin under it,
+//! `check` validates a policy file.
 //! Argument handling and exit codes only; everything else lives in the library.
 
 use std::net::SocketAddr;
@@ -7,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use egress_gate::config::{self, Config, LoadError};
-use egress_gate::{app, policy::Policy};
+use egress_gate::{app, launch, policy::Policy};
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +31,45 @@ enum Command {
         /// Listen here instead of `[proxy] listen` (repeatable).
         #[arg(long = "listen", value_name = "ADDR")]
         listen: Vec<SocketAddr>,
+        /// Also accept plugins from `egress-gate run --connect PATH` on this Unix socket (mode 0600).
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+        /// A uid allowed to launch plugins over the control socket (repeatable; default: the
+        /// daemon's own uid).
+        #[arg(long = "control-uid", value_name = "UID", requires = "control")]
+        control_uids: Vec<u32>,
+    },
+    /// Run a plugin whose only network path is the proxy (Linux user + network namespaces).
+    Run {
+        /// Run an embedded proxy under this policy for the plugin.
+        #[arg(
+            long,
+            short,
+            value_name = "FILE",
+            required_unless_present = "connect",
+            conflicts_with = "connect"
+        )]
+        config: Option<PathBuf>,
+        /// Hand the plugin to the daemon serving this control socket (`serve --control PATH`).
+        #[arg(long, value_name = "PATH")]
+        connect: Option<PathBuf>,
+        /// The plugin's name: its `[plugins.NAME]` rules and its identity in the audit trail.
+        #[arg(long, short, value_name = "NAME")]
+        plugin: String,
+        /// The proxy's port inside the sandbox (0: any).
+        #[arg(long, value_name = "PORT", default_value_t = egress_gate::launch::DEFAULT_PROXY_PORT)]
+        proxy_port: u16,
+        /// Cover this path inside the sandbox (e.g. a host service's socket; repeatable).
+        #[arg(long = "hide", value_name = "PATH")]
+        hide: Vec<PathBuf>,
+        /// The plugin's command and arguments.
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
+        command: Vec<std::ffi::OsString>,
     },
     /// Audit trail tools.
     Audit {
@@ -68,7 +108,20 @@ fn main() -> ExitCode {
             Some(file) => check(&file),
             None => ExitCode::FAILURE,
         },
-        Command::Serve { config, listen } => serve(&config, &listen),
+        Command::Serve {
+            config,
+            listen,
+            control,
+            control_uids,
+        } => serve(&config, &listen, control.as_deref(), control_uids),
+        Command::Run {
+            config,
+            connect,
+            plugin,
+            proxy_port,
+            hide,
+            command,
+        } => run(config, connect, plugin, proxy_port, hide, command),
         Command::Audit {
             command: AuditCommand::Verify { files, key_file },
         } => audit_verify(&files, key_file.as_deref()),
@@ -140,10 +193,24 @@ fn check(file: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn serve(file: &std::path::Path, listen: &[SocketAddr]) -> ExitCode {
+fn serve(
+    file: &std::path::Path,
+    listen: &[SocketAddr],
+    control: Option<&std::path::Path>,
+    control_uids: Vec<u32>,
+) -> ExitCode {
     init_logging();
     let Some(config) = load_or_report(file) else {
         return ExitCode::FAILURE;
+    };
+    // Bound before the runtime starts: binding sets the umask for a moment.
+    let control = match control.map(|path| launch::ControlSocket::bind(path, control_uids)) {
+        None => None,
+        Some(Ok(socket)) => Some(socket),
+        Some(Err(e)) => {
+            eprintln!("egress-gate: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -156,7 +223,16 @@ fn serve(file: &std::path::Path, listen: &[SocketAddr]) -> ExitCode {
         let listeners = app::bind(&config, listen).await?;
         let running = app::start(config, listeners).await?;
         forward_control_signals(running.control_sender());
-        running.serve(shutdown_signal()).await
+        let control = match control {
+            Some(socket) => Some(socket.serve(&running).map_err(app::StartError::Serve)?),
+            None => None,
+        };
+        running
+            .serve(async move {
+                shutdown_signal().await;
+                drop(control); // stop taking plugins and remove the socket file
+            })
+            .await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -165,6 +241,39 @@ fn serve(file: &std::path::Path, listen: &[SocketAddr]) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `run`: the sandbox is forked here, before any thread exists, so nothing may start one first.
+fn run(
+    config: Option<PathBuf>,
+    connect: Option<PathBuf>,
+    plugin: String,
+    proxy_port: u16,
+    hide: Vec<PathBuf>,
+    command: Vec<std::ffi::OsString>,
+) -> ExitCode {
+    // Quiet by default: the plugin owns the terminal; problems still reach stderr.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EGRESS_GATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let mode = match (config, connect) {
+        (_, Some(path)) => launch::Mode::Daemon(path),
+        (Some(file), None) => match load_or_report(&file) {
+            Some(config) => launch::Mode::Embedded(Box::new(config)),
+            None => return ExitCode::from(launch::EXIT_REFUSED),
+        },
+        (None, None) => return ExitCode::from(launch::EXIT_REFUSED),
+    };
+    let options = launch::RunOptions {
+        plugin,
+        proxy_port,
+        hide,
+        command,
+    };
+    ExitCode::from(launch::run(mode, options))
 }
 
 /// SIGHUP reloads the policy; SIGUSR1 reopens the audit trail path (external log rotation).

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod dns;
+pub mod launch;
 pub mod origin;
 pub mod process;
 pub mod proxy;
