@@ -714,3 +714,34 @@ async fn daemon_records_the_end_of_a_plugin_whose_launcher_vanished() {
     assert_eq!(exit["audit_id"], start["audit_id"]);
     assert!(exit.get("status").is_none(), "{exit}");
 }
+
+#[tokio::test]
+async fn the_plugin_is_stopped_when_its_proxy_halts() {
+    let setup = Setup::new(&policy(&[("p", &[])]));
+    let mut cmd = setup.run("p", &["sleep", "30"]);
+    cmd.stderr(std::process::Stdio::piped()).kill_on_drop(true);
+    let child = cmd.spawn().unwrap();
+    eventually("tool.exec start", || {
+        tool_exec(&setup.records(), "p").first().map(|_| ())
+    })
+    .await;
+    // Editing the policy without a reload is drift; with on_drift = "halt" (the default) the
+    // proxy stops, and a plugin without its proxy is stopped too rather than left running.
+    let mut text = std::fs::read_to_string(&setup.policy).unwrap();
+    text.push_str("\n# edited\n");
+    std::fs::write(&setup.policy, text).unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("the launcher exits once its proxy halted")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(128 + 15), "{stderr}");
+    assert!(
+        stderr.contains("plugin \"p\": the proxy stopped: halted"),
+        "{stderr}"
+    );
+    let records = setup.records();
+    assert!(records.iter().any(|r| r["event"] == "policy.drift"));
+    let exec = tool_exec(&records, "p");
+    assert_eq!(exec.last().unwrap()["status"], 143, "{records:#?}");
+}
