@@ -25,13 +25,21 @@ async fn curl_and_python_reach_an_allowed_origin_and_get_403_elsewhere() {
     let origin = Origin::start().await;
     let other = Origin::start().await;
     let port = origin.port();
-    let setup = Setup::new(&policy(&[("weather", &[port])]));
+    // Another plugin may use `other`'s port, and proves it with a token; a plugin on its own
+    // listener cannot borrow that identity by sending the token.
+    let token_sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"s3cret"));
+    let setup = Setup::new(&format!(
+        "{}[plugins.other]\ntoken_sha256 = \"{token_sha256}\"\n\
+         [[plugins.other.allow]]\ncidr = \"127.0.0.1/32\"\nports = [{}]\n",
+        policy(&[("weather", &[port])]),
+        other.port()
+    ));
     let script = format!(
         r#"
 set -e
 echo "curl-allowed $(curl -sS -o body.json -w '%{{http_code}}' http://127.0.0.1:{port}/forecast?city=x)"
 echo "curl-denied-host $(curl -sS -o /dev/null -w '%{{http_code}}' http://denied.invalid/)"
-echo "curl-denied-port $(curl -sS -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{other}/)"
+echo "curl-denied-port $(curl -sS -o /dev/null -w '%{{http_code}}' -U other:s3cret http://127.0.0.1:{other}/)"
 echo "curl-connect-denied $(curl -s -o /dev/null -w '%{{http_connect}}' https://denied.invalid/ || true)"
 python3 - <<'EOF'
 import urllib.request, urllib.error

@@ -372,12 +372,15 @@ async fn handle(conn: OwnedFd, daemon: &Daemon) -> io::Result<()> {
         }
     }
     tracing::info!(plugin = %plugin, pid = plugin_pid, uid, audit_id = %exec.audit_id, "plugin attached");
-    channel.send(&Reply::Ok).await?;
 
-    // 3. exited (or the launcher vanished)
-    let status = match channel.recv::<Request>().await {
-        Ok(Some((Request::Exited { status }, _))) => Some(status),
-        _ => None,
+    // 3. exited (or the launcher vanished). From here on the start is on record, so the exit is
+    // recorded on every path, even when the launcher is already gone.
+    let status = match channel.send(&Reply::Ok).await {
+        Ok(()) => match channel.recv::<Request>().await {
+            Ok(Some((Request::Exited { status }, _))) => Some(status),
+            _ => None,
+        },
+        Err(_) => None,
     };
     let exit = ToolExec {
         ts: record::now(),
@@ -391,7 +394,7 @@ async fn handle(conn: OwnedFd, daemon: &Daemon) -> io::Result<()> {
     }
     tracing::info!(plugin = %plugin, pid = plugin_pid, ?status, "plugin exited");
     if status.is_some() {
-        channel.send(&Reply::Ok).await?;
+        let _ = channel.send(&Reply::Ok).await;
     }
     Ok(())
 }
