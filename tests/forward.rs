@@ -308,3 +308,28 @@ async fn report_mode_lets_a_rule_denial_through_and_records_it_unenforced() {
     assert_eq!(v[0]["enforced"], false);
     assert_eq!(v[0]["reason"], "deny_rule");
 }
+
+#[tokio::test]
+async fn a_plugin_removed_by_reload_loses_every_capability_on_its_listener() {
+    let origin = Origin::start().await;
+    let url = format!("http://127.0.0.1:{}/", origin.port());
+    // Globally allowed, and the plugin is declared: its listener works.
+    let policy = format!("{}[plugins.weather]\n", allow_origin(origin.port()));
+    let proxy = TestProxy::start_with_plugins(&policy, &["weather"]).await;
+    assert_eq!(
+        get(proxy.plugin_addrs["weather"], &url, "").await.status,
+        200
+    );
+    // The reload drops the plugin: its listener does not fall back to the global rules.
+    proxy.rewrite_policy(&allow_origin(origin.port()));
+    proxy.reload().await;
+    proxy.wait_for(|r| r["event"] == "policy.reload").await;
+    let resp = get(proxy.plugin_addrs["weather"], &url, "").await;
+    assert_eq!(resp.status, 403, "{resp:?}");
+    assert_eq!(
+        resp.header("x-egress-gate-reason").as_deref(),
+        Some("unknown_plugin")
+    );
+    assert_eq!(get(proxy.addr, &url, "").await.status, 200);
+    assert_eq!(origin.requests(), 2);
+}

@@ -21,6 +21,11 @@ pub fn identify(
     policy: &Policy,
 ) -> Result<Option<Arc<str>>, ProxyError> {
     if let Some(plugin) = listener_plugin {
+        // A reload may have removed the plugin: its listener then carries no capabilities at
+        // all, rather than falling back to the global rules.
+        if !policy.has_plugin(plugin) {
+            return Err(ProxyError::UnknownPlugin);
+        }
         return Ok(Some(plugin.clone()));
     }
     let mut values = headers.get_all(PROXY_AUTHORIZATION).iter();

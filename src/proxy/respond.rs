@@ -31,6 +31,8 @@ pub enum ProxyError {
     ProxyAuth {
         detail: &'static str,
     },
+    /// The connection's listener belongs to a plugin the policy (since a reload) no longer declares.
+    UnknownPlugin,
     /// The policy refused the destination.
     Denied {
         reason: DenyReason,
@@ -51,7 +53,7 @@ impl ProxyError {
         match self {
             ProxyError::Target(_) | ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ProxyError::ProxyAuth { .. } => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
-            ProxyError::Denied { .. } => StatusCode::FORBIDDEN,
+            ProxyError::Denied { .. } | ProxyError::UnknownPlugin => StatusCode::FORBIDDEN,
             ProxyError::Dns(_)
             | ProxyError::ConnectRefused
             | ProxyError::Connect(_)
@@ -68,6 +70,7 @@ impl ProxyError {
             ProxyError::BadRequest { reason, .. } => reason,
             ProxyError::ProxyAuth { .. } => "proxy_auth_failed",
             ProxyError::Denied { reason, .. } => reason.code(),
+            ProxyError::UnknownPlugin => "unknown_plugin",
             ProxyError::Dns(_) => "dns_failure",
             ProxyError::ConnectTimeout => "connect_timeout",
             ProxyError::ConnectRefused => "connect_refused",
@@ -87,6 +90,7 @@ impl ProxyError {
                 | ProxyError::BadRequest { .. }
                 | ProxyError::ProxyAuth { .. }
                 | ProxyError::Denied { .. }
+                | ProxyError::UnknownPlugin
         )
     }
 
@@ -117,6 +121,9 @@ impl ProxyError {
                 reason: DenyReason::NoMatchingRule,
                 ..
             } => "no allow rule matches this host and port".into(),
+            ProxyError::UnknownPlugin => {
+                "this listener's plugin is no longer declared in the policy".into()
+            }
             ProxyError::Dns(e) => e.clone(),
             ProxyError::ConnectTimeout => "upstream connect timed out".into(),
             ProxyError::ConnectRefused => "upstream refused the connection".into(),
