@@ -59,17 +59,12 @@ pub async fn bind(
     };
     let mut listeners = Vec::new();
     for addr in anonymous {
-        listeners.push(Listener {
-            socket: bind_one(*addr).await?,
-            plugin: None,
-        });
+        listeners.push(Listener::anonymous(bind_one(*addr).await?));
     }
     for (name, plugin) in &config.plugins {
         for addr in &plugin.listen {
-            listeners.push(Listener {
-                socket: bind_one(*addr).await?,
-                plugin: Some(Arc::from(name.as_str())),
-            });
+            let plugin = Arc::from(name.as_str());
+            listeners.push(Listener::for_plugin(bind_one(*addr).await?, plugin));
         }
     }
     if listeners.is_empty() {

@@ -226,10 +226,8 @@ async fn embedded(
     let plugin: Arc<str> = Arc::from(options.plugin.as_str());
     let mut listeners = Vec::new();
     for socket in sockets {
-        listeners.push(Listener {
-            socket: into_tokio(socket).map_err(system("cannot adopt the sandbox's socket"))?,
-            plugin: Some(plugin.clone()),
-        });
+        let socket = into_tokio(socket).map_err(system("cannot adopt the sandbox's socket"))?;
+        listeners.push(Listener::for_plugin(socket, plugin.clone()));
     }
     let running = app::start(config, listeners)
         .await

@@ -32,6 +32,35 @@ pub struct Listener {
     pub socket: TcpListener,
     /// `Some(plugin)`: every connection here is that plugin's.
     pub plugin: Option<Arc<str>>,
+    /// When cancelled, this listener stops accepting and its socket is closed (daemon mode: the
+    /// plugin it was made for has exited). Connections already accepted run on.
+    pub until: Option<CancellationToken>,
+}
+
+impl Listener {
+    /// A listener whose connections have no plugin identity unless they authenticate.
+    pub fn anonymous(socket: TcpListener) -> Listener {
+        Listener {
+            socket,
+            plugin: None,
+            until: None,
+        }
+    }
+
+    /// A listener whose every connection is `plugin`'s.
+    pub fn for_plugin(socket: TcpListener, plugin: Arc<str>) -> Listener {
+        Listener {
+            socket,
+            plugin: Some(plugin),
+            until: None,
+        }
+    }
+
+    /// Stops accepting on this listener once `token` is cancelled.
+    pub fn until(mut self, token: CancellationToken) -> Listener {
+        self.until = Some(token);
+        self
+    }
 }
 
 /// Serves `listeners`, plus any that arrive on `late` while running, until `shutdown` resolves;
@@ -98,9 +127,14 @@ async fn accept_loop(
     connections: TaskTracker,
     stop: CancellationToken,
 ) {
+    let retired = listener.until.clone().unwrap_or_default();
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
+            _ = retired.cancelled() => {
+                tracing::info!(plugin = listener.plugin.as_deref().unwrap_or("-"), "listener retired");
+                return;
+            }
             accepted = listener.socket.accept() => accepted,
         };
         let (stream, client) = match accepted {

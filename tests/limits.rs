@@ -146,3 +146,47 @@ async fn stop_drains_and_flushes_the_trail() {
         "tunnel record missing after stop: {trail}"
     );
 }
+
+#[tokio::test]
+async fn a_retired_listener_stops_accepting_and_closes_its_socket() {
+    use egress_gate::server::Listener;
+    use tokio_util::sync::CancellationToken;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "version = 1\n[plugins.p]\n[audit]\npath = {:?}\n",
+        dir.path().join("a.jsonl").display().to_string()
+    );
+    let config = egress_gate::config::parse(&dir.path().join("p.toml"), &text).unwrap();
+    let anonymous = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let running = egress_gate::app::start(config, vec![Listener::anonymous(anonymous)])
+        .await
+        .unwrap();
+    let add = running.listener_sender();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(running.serve(async {
+        let _ = stop_rx.await;
+    }));
+
+    // Added while serving, as daemon mode does for a plugin's sandbox sockets.
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let retire = CancellationToken::new();
+    add.send(Listener::for_plugin(socket, "p".into()).until(retire.clone()))
+        .await
+        .unwrap();
+    let resp = get(addr, "http://127.0.0.1:1/", "").await;
+    assert_eq!(resp.status, 403, "served as plugin p: {resp:?}");
+
+    retire.cancel();
+    let mut closed = false;
+    for _ in 0..200 {
+        if TcpStream::connect(addr).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(closed, "the retired listener still accepts");
+    let _ = stop_tx.send(());
+    served.await.unwrap().unwrap();
+}

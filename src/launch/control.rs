@@ -356,11 +356,12 @@ async fn handle(conn: OwnedFd, daemon: &Daemon) -> io::Result<()> {
             .await;
     }
     let name: Arc<str> = Arc::from(plugin.as_str());
+    // Cancelled when the plugin's run is over, so its sockets (and with them its network
+    // namespace) do not outlive it in the daemon.
+    let retire = tokio_util::sync::CancellationToken::new();
+    let _retire_on_return = retire.clone().drop_guard();
     for socket in sockets {
-        let listener = Listener {
-            socket,
-            plugin: Some(name.clone()),
-        };
+        let listener = Listener::for_plugin(socket, name.clone()).until(retire.clone());
         if daemon.listeners.send(listener).await.is_err() {
             return channel
                 .send(&Reply::refused(Diagnosis {

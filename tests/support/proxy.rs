@@ -76,18 +76,12 @@ impl TestProxy {
             .unwrap_or_else(|e| panic!("test policy invalid:\n{e}"));
 
         let addr = anonymous.local_addr().unwrap();
-        let mut listeners = vec![Listener {
-            socket: anonymous,
-            plugin: None,
-        }];
+        let mut listeners = vec![Listener::anonymous(anonymous)];
         let mut plugin_addrs = HashMap::new();
         for name in plugins {
             let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
             plugin_addrs.insert(name.to_string(), socket.local_addr().unwrap());
-            listeners.push(Listener {
-                socket,
-                plugin: Some(Arc::from(*name)),
-            });
+            listeners.push(Listener::for_plugin(socket, Arc::from(*name)));
         }
         let (tx, rx) = oneshot::channel::<()>();
         let running = app::start(config, listeners).await.expect("proxy starts");
