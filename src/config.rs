@@ -51,6 +51,9 @@ pub struct Config {
 pub struct ProxyConfig {
     /// Anonymous listeners: connections here have no plugin identity unless they authenticate.
     pub listen: Vec<SocketAddr>,
+    /// Users allowed to launch plugins over the daemon's control socket (`serve --control`);
+    /// empty means the daemon's own uid.
+    pub control_uids: Vec<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,6 +259,18 @@ fn build(path: &Path, text: &str, raw: RawFile, diags: &mut Diagnostics) -> Conf
         Some(list) => listener_addrs(&list, "proxy.listen", &mut seen_listen, diags),
         None => vec![SocketAddr::from(([127, 0, 0, 1], 3128))],
     };
+
+    let mut control_uids = Vec::new();
+    for (i, uid) in proxy.control_uids.unwrap_or_default().iter().enumerate() {
+        match u32::try_from(*uid.get_ref()) {
+            Ok(u) if u != u32::MAX => control_uids.push(u),
+            _ => diags.error(
+                uid.span(),
+                format!("proxy.control_uids[{i}]"),
+                format!("{} is not a user id", uid.get_ref()),
+            ),
+        }
+    }
 
     let audit_path = match audit.path {
         None => AuditPath::File(PathBuf::from("audit.jsonl")),
@@ -488,7 +503,10 @@ fn build(path: &Path, text: &str, raw: RawFile, diags: &mut Diagnostics) -> Conf
     Config {
         path: path.to_path_buf(),
         sha256: hex::encode(Sha256::digest(text.as_bytes())),
-        proxy: ProxyConfig { listen },
+        proxy: ProxyConfig {
+            listen,
+            control_uids,
+        },
         audit,
         dns,
         limits,

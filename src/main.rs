@@ -34,8 +34,8 @@ enum Command {
         /// Also accept plugins from `egress-gate run --connect PATH` on this Unix socket (mode 0600).
         #[arg(long, value_name = "PATH")]
         control: Option<PathBuf>,
-        /// A uid allowed to launch plugins over the control socket (repeatable; default: the
-        /// daemon's own uid).
+        /// A uid allowed to launch plugins over the control socket (repeatable; replaces
+        /// `[proxy] control_uids`; default: the daemon's own uid).
         #[arg(long = "control-uid", value_name = "UID", requires = "control")]
         control_uids: Vec<u32>,
     },
@@ -202,6 +202,12 @@ fn serve(
     init_logging();
     let Some(config) = load_or_report(file) else {
         return ExitCode::FAILURE;
+    };
+    // `--control-uid` replaces `[proxy] control_uids`; both empty means the daemon's own uid.
+    let control_uids = if control_uids.is_empty() {
+        config.proxy.control_uids.clone()
+    } else {
+        control_uids
     };
     // Bound before the runtime starts: binding sets the umask for a moment.
     let control = match control.map(|path| launch::ControlSocket::bind(path, control_uids)) {

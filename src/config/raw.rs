@@ -23,6 +23,7 @@ pub(super) struct RawFile {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawProxy {
     pub listen: Option<Vec<Spanned<String>>>,
+    pub control_uids: Option<Vec<Spanned<i64>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

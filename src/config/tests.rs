@@ -280,3 +280,21 @@ fn listeners_are_unique_and_nameservers_need_a_port() {
         "{e:?}"
     );
 }
+
+#[test]
+fn control_uids_are_user_ids() {
+    let c = parse_str("version = 1\n[proxy]\ncontrol_uids = [0, 1000]\n").unwrap();
+    assert_eq!(c.proxy.control_uids, vec![0, 1000]);
+    assert!(
+        parse_str("version = 1\n")
+            .unwrap()
+            .proxy
+            .control_uids
+            .is_empty()
+    );
+    let e = errors("version = 1\n[proxy]\ncontrol_uids = [-1]\n");
+    assert_eq!(
+        e,
+        vec!["p.toml:3:17: proxy.control_uids[0]: -1 is not a user id"]
+    );
+}
