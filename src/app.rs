@@ -163,6 +163,9 @@ impl Running {
 
     /// Serves until `shutdown` resolves (or the policy drifts and `on_drift = "halt"`), then
     /// drains and flushes the trail.
+    ///
+    /// The audit writer thread exits when the last `Audit` handle is dropped; drop any clone you
+    /// took from [`Running::audit`] before this returns, or the final join waits up to 2 s for it.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
         let Running {
             proxy,
