@@ -200,6 +200,11 @@ pub fn normalize_host(raw: &str) -> Result<Host, TargetError> {
     if name.is_empty() {
         return Err(TargetError::EmptyHost);
     }
+    // Only one trailing dot is the root label; another is an empty label, also before the numeric
+    // reading (which would otherwise take `127.0.0.1..` for 127.0.0.1).
+    if name.ends_with('.') {
+        return Err(TargetError::EmptyLabel);
+    }
     if let Some(v4) = addr::parse_ipv4_loose(name) {
         return Ok(Host::Ip(IpAddr::V4(v4)));
     }
@@ -279,6 +284,9 @@ mod tests {
             (".", TargetError::EmptyHost),
             ("a..b", TargetError::EmptyLabel),
             (".a", TargetError::EmptyLabel),
+            ("example.com..", TargetError::EmptyLabel),
+            ("127.0.0.1..", TargetError::EmptyLabel),
+            ("16.36..", TargetError::EmptyLabel),
             ("a b", TargetError::ForbiddenChar(' ')),
             ("a\tb", TargetError::ForbiddenChar('\t')),
             ("a\0b", TargetError::ForbiddenChar('\0')),

@@ -1,0 +1,150 @@
+//! Corpus replay on stable: every seed in `fuzz/corpus/<target>/` and every past crash in
+//! `fuzz/regressions/<target>/` goes through the same check the cargo-fuzz target runs
+//! (`fuzz/checks/`, included here by path), so CI guards them without nightly or libFuzzer.
+//!
+//! An empty or missing corpus fails: a replay over nothing would pass vacuously. Each input runs
+//! on its own thread with a time bound, and a panic in any task the check spawned (which tokio
+//! would otherwise swallow) fails the input too.
+
+#[path = "../fuzz/checks/mod.rs"]
+mod checks;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, Once, mpsc};
+use std::time::Duration;
+
+/// Bound on one input, in real time; a check that takes longer is hanging.
+const PER_INPUT: Duration = Duration::from_secs(20);
+
+static PANICS: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts every panic on any thread (the default message is still printed).
+fn count_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, Ordering::SeqCst);
+            previous(info);
+        }));
+    });
+}
+
+fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
+}
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .map(|e| e.expect("readable directory entry").path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    files
+}
+
+/// Runs `check` on `input` on a fresh thread; `Err` with a message on panic or timeout.
+fn run_one(check: checks::Check, input: Vec<u8>) -> Result<(), String> {
+    let before = PANICS.load(Ordering::SeqCst);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let outcome = std::panic::catch_unwind(|| check(&input));
+        let _ = tx.send(outcome.is_ok());
+    });
+    match rx.recv_timeout(PER_INPUT) {
+        Ok(true) if PANICS.load(Ordering::SeqCst) == before => Ok(()),
+        Ok(true) => Err("a task spawned by the check panicked".into()),
+        Ok(false) => Err("the check panicked".into()),
+        Err(_) => Err(format!("no result within {PER_INPUT:?}: hang")),
+    }
+}
+
+/// Runs every input in `paths` through `target`'s check; fails listing each input that failed.
+fn replay_files(target: &str, paths: &[PathBuf]) {
+    // One replay at a time, so a panic is always charged to the input that caused it.
+    static SERIAL: Mutex<()> = Mutex::new(());
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    count_panics();
+    let (_, check) = checks::TARGETS
+        .iter()
+        .find(|(name, _)| *name == target)
+        .unwrap_or_else(|| panic!("no check named {target}"));
+    let mut failures = Vec::new();
+    for path in paths {
+        let input = std::fs::read(path).expect("readable input");
+        if let Err(why) = run_one(*check, input) {
+            failures.push(format!("{}: {why}", path.display()));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} input(s) failed:\n{}",
+        failures.len(),
+        paths.len(),
+        failures.join("\n")
+    );
+}
+
+/// The seeds and the fixed regressions of one target.
+fn replay(target: &str) {
+    let mut inputs = files(&fuzz_dir().join("corpus").join(target));
+    assert!(
+        !inputs.is_empty(),
+        "fuzz/corpus/{target}/ is missing or empty: the replay would pass vacuously"
+    );
+    inputs.extend(files(&fuzz_dir().join("regressions").join(target)));
+    replay_files(target, &inputs);
+}
+
+#[test]
+fn every_target_is_replayed() {
+    let mut dirs: Vec<String> = std::fs::read_dir(fuzz_dir().join("fuzz_targets"))
+        .expect("fuzz/fuzz_targets exists")
+        .map(|e| {
+            let path = e.expect("entry").path();
+            path.file_stem().unwrap().to_string_lossy().into_owned()
+        })
+        .collect();
+    dirs.sort();
+    let mut known: Vec<String> = checks::TARGETS.iter().map(|(n, _)| n.to_string()).collect();
+    known.sort();
+    assert_eq!(
+        dirs, known,
+        "a fuzz target without a replay, or the reverse"
+    );
+}
+
+#[test]
+fn audit_verify_corpus() {
+    replay("audit_verify");
+}
+
+#[test]
+fn authority_corpus() {
+    replay("authority");
+}
+
+#[test]
+fn policy_toml_corpus() {
+    replay("policy_toml");
+}
+
+#[test]
+fn request_stream_corpus() {
+    replay("request_stream");
+}
+
+/// Crashes found in code whose fix has not landed yet (`fuzz/regressions/<target>/open/`). Run with
+/// `--ignored` to see which still fail; a fixed one moves up to `fuzz/regressions/<target>/`.
+#[test]
+#[ignore = "known open product bugs, reported with their inputs; see fuzz/README.md"]
+fn open_regressions() {
+    for (target, _) in checks::TARGETS {
+        let open = files(&fuzz_dir().join("regressions").join(target).join("open"));
+        replay_files(target, &open);
+    }
+}
