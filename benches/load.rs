@@ -91,15 +91,34 @@ impl Settings {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "__echo") {
+        pin_to(LOAD_CPU);
+        raise_nofile(200_000);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(echo_origin());
+        return;
+    }
     if let Some(i) = args.iter().position(|a| a == "__relay") {
         let listen: SocketAddr = args[i + 1].parse().expect("relay listen address");
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         rt.block_on(bare_relay(listen));
         return;
     }
-    let settings = Settings::from_args();
+    let mut settings = Settings::from_args();
     pin_to(LOAD_CPU);
-    raise_nofile(200_000);
+    let limit = raise_nofile(200_000);
+    // Every idle tunnel costs the proxy two descriptors; stay under its (inherited) limit.
+    let fit = (limit.saturating_sub(256) / 2) as usize;
+    if settings.idle_tunnels > fit {
+        eprintln!(
+            "RLIMIT_NOFILE is {limit} (raising it needs CAP_SYS_RESOURCE): holding {fit} idle tunnels, not {}",
+            settings.idle_tunnels
+        );
+        settings.idle_tunnels = fit;
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -157,18 +176,38 @@ struct Origin {
     bulk: SocketAddr,
     /// HTTP/1.1 keep-alive: answers every request head with [`RESPONSE`]; honours `close`.
     http: SocketAddr,
-    /// Echoes what it reads, until EOF (idle tunnels).
+    /// Echoes what it reads, until EOF (idle tunnels). A child process of its own, so the
+    /// idle tunnels' two ends do not share one descriptor limit.
     echo: SocketAddr,
+    echo_child: Child,
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        let _ = self.echo_child.kill();
+        let _ = self.echo_child.wait();
+    }
 }
 
 async fn start_origin() -> Origin {
     let bulk = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut echo_child = Command::new(std::env::current_exe().unwrap())
+        .arg("__echo")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("echo origin");
+    let mut line = String::new();
+    io::BufRead::read_line(
+        &mut io::BufReader::new(echo_child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .expect("echo origin port");
     let origin = Origin {
         bulk: bulk.local_addr().unwrap(),
         http: http.local_addr().unwrap(),
-        echo: echo.local_addr().unwrap(),
+        echo: line.trim().parse().expect("echo origin address"),
+        echo_child,
     };
     tokio::spawn(accept_loop(bulk, |s| async move {
         let _ = serve_bulk(s).await;
@@ -176,11 +215,18 @@ async fn start_origin() -> Origin {
     tokio::spawn(accept_loop(http, |s| async move {
         let _ = serve_http(s).await;
     }));
-    tokio::spawn(accept_loop(echo, |mut s| async move {
+    origin
+}
+
+/// The `__echo` child: prints its address, then echoes every connection until EOF.
+async fn echo_origin() {
+    let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    println!("{}", echo.local_addr().unwrap());
+    accept_loop(echo, |mut s| async move {
         let (mut r, mut w) = s.split();
         let _ = tokio::io::copy(&mut r, &mut w).await;
-    }));
-    origin
+    })
+    .await;
 }
 
 async fn accept_loop<F, Fut>(listener: TcpListener, serve: F)
@@ -612,6 +658,8 @@ fn descendants(root: u32, procs: &[(u32, u32, u64, u64)]) -> Vec<usize> {
 /// but including threads that have exited).
 struct CpuSample {
     ns: u64,
+    /// The part of `ns` spent by egress-gate's audit writer thread.
+    writer_ns: u64,
     ticks: u64,
     tids: Vec<u32>,
 }
@@ -622,6 +670,7 @@ impl CpuSample {
         let members = descendants(pid, &procs);
         let mut sample = CpuSample {
             ns: 0,
+            writer_ns: 0,
             ticks: members.iter().map(|&i| procs[i].2).sum(),
             tids: Vec::new(),
         };
@@ -655,6 +704,11 @@ impl CpuSample {
             self.ticks.saturating_sub(earlier.ticks) as f64 * TICK_S
         }
     }
+
+    /// Seconds of CPU the audit writer thread used between two samples.
+    fn writer_since(&self, earlier: &CpuSample) -> f64 {
+        self.writer_ns.saturating_sub(earlier.writer_ns) as f64 * 1e-9
+    }
 }
 
 fn tree_rss_kib(pid: u32) -> u64 {
@@ -675,17 +729,21 @@ struct Row {
     x_p50: Vec<f64>,
     x_p99: Vec<f64>,
     x_cpu_us: Vec<f64>,
+    x_writer_us: Vec<f64>,
     x_errors: u64,
     http_rps: Vec<f64>,
     http_p50: Vec<f64>,
     http_p99: Vec<f64>,
     http_cpu_us: Vec<f64>,
+    http_writer_us: Vec<f64>,
     idle_bytes: Option<f64>,
     notes: Vec<String>,
 }
 
-fn cpu_between(a: Option<CpuSample>, b: Option<CpuSample>) -> Option<f64> {
-    Some(b?.since(&a?))
+/// (total, audit writer) CPU seconds between two samples.
+fn cpu_between(a: Option<CpuSample>, b: Option<CpuSample>) -> Option<(f64, f64)> {
+    let (a, b) = (a?, b?);
+    Some((b.since(&a), b.writer_since(&a)))
 }
 
 async fn settle() {
@@ -717,8 +775,11 @@ async fn run_exchange(p: &Proxy, origin: &Origin, s: &Settings, row: &mut Row) {
     row.x_p50.push(r.p50_ms);
     row.x_p99.push(r.p99_ms);
     row.x_errors += r.errors;
-    if let (Some(cpu), true) = (cpu, r.count > 0) {
+    if let (Some((cpu, writer)), true) = (cpu, r.count > 0) {
         row.x_cpu_us.push(cpu / r.count as f64 * 1e6);
+        if writer > 0.0 {
+            row.x_writer_us.push(writer / r.count as f64 * 1e6);
+        }
     }
 }
 
@@ -786,8 +847,11 @@ async fn run_wrk(p: &Proxy, origin: &Origin, s: &Settings, dir: &Path, row: &mut
             row.http_rps.push(r);
             row.http_p50.extend(pct("50%"));
             row.http_p99.extend(pct("99%"));
-            if let (Some(total), Some(cpu)) = (total, cpu) {
+            if let (Some(total), Some((cpu, writer))) = (total, cpu) {
                 row.http_cpu_us.push(cpu / total * 1e6);
+                if writer > 0.0 {
+                    row.http_writer_us.push(writer / total * 1e6);
+                }
             }
         }
         None => row.notes.push(format!("wrk output not understood: {out}")),
@@ -948,6 +1012,7 @@ fn table(rows: &[(Kind, Row)], s: &Settings) -> String {
     enum Base {
         Direct,
         Relay,
+        None,
     }
     let metrics: Vec<Metric> = vec![
         (
@@ -987,6 +1052,12 @@ fn table(rows: &[(Kind, Row)], s: &Settings) -> String {
             Base::Relay,
         ),
         (
+            "  of which audit writer",
+            &|r: &Row| median(&r.x_writer_us),
+            1,
+            Base::None,
+        ),
+        (
             "HTTP req/s (keep-alive)",
             &|r: &Row| median(&r.http_rps),
             0,
@@ -1011,6 +1082,12 @@ fn table(rows: &[(Kind, Row)], s: &Settings) -> String {
             Base::Relay,
         ),
         (
+            "  of which audit writer",
+            &|r: &Row| median(&r.http_writer_us),
+            1,
+            Base::None,
+        ),
+        (
             "RSS bytes per idle tunnel",
             &|r: &Row| r.idle_bytes,
             0,
@@ -1032,10 +1109,12 @@ fn table(rows: &[(Kind, Row)], s: &Settings) -> String {
         let base_val = match base {
             Base::Direct => direct(*f),
             Base::Relay => relay(*f),
+            Base::None => None,
         };
         let base_name = match base {
             Base::Direct => "direct",
             Base::Relay => "relay",
+            Base::None => "",
         };
         let _ = write!(out, "| {name} |");
         for (_, r) in rows {
@@ -1055,16 +1134,51 @@ fn table(rows: &[(Kind, Row)], s: &Settings) -> String {
         }
         let _ = writeln!(out);
     }
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "n/a".to_string(),
+    };
+    let gate = |f: &dyn Fn(&Row) -> Option<f64>| get(Kind::GateAlways, f);
+    let never = |f: &dyn Fn(&Row) -> Option<f64>| get(Kind::GateNever, f);
+    let squid = |f: &dyn Fn(&Row) -> Option<f64>| get(Kind::Squid, f);
+    let bulk_cpu = |r: &Row| median(&r.bulk_cpu_per_gib);
+    let x_cpu = |r: &Row| median(&r.x_cpu_us);
+    let x_rate = |r: &Row| median(&r.x_rate);
+    let http = |r: &Row| median(&r.http_rps);
     let _ = writeln!(
         out,
-        "\nfsync cost (CONNECT exchanges/s, always vs never): {}",
-        match (
-            get(Kind::GateAlways, &|r| median(&r.x_rate)),
-            get(Kind::GateNever, &|r| median(&r.x_rate))
-        ) {
-            (Some(a), Some(n)) => format!("{a:.0} vs {n:.0} = {:.2}×", a / n),
-            _ => "not measured".into(),
-        }
+        "\ntargets (egress-gate = fsync \"always\", the default):"
+    );
+    let _ = writeln!(
+        out,
+        "- tunnel CPU per GiB vs bare relay: {}× (target <= 1.10)",
+        ratio(gate(&bulk_cpu), relay(&bulk_cpu))
+    );
+    let _ = writeln!(
+        out,
+        "- CPU per CONNECT exchange vs bare relay: {}× (target <= 1.25); fsync=never {}×; vs squid {}× (target < 1)",
+        ratio(gate(&x_cpu), relay(&x_cpu)),
+        ratio(never(&x_cpu), relay(&x_cpu)),
+        ratio(gate(&x_cpu), squid(&x_cpu))
+    );
+    let _ = writeln!(
+        out,
+        "- HTTP req/s vs squid: {}× (fsync=never {}×); vs direct: {}× (fsync=never {}×) (target >= 2× squid or >= 0.9× direct, whichever is lower)",
+        ratio(gate(&http), squid(&http)),
+        ratio(never(&http), squid(&http)),
+        ratio(gate(&http), direct(&http)),
+        ratio(never(&http), direct(&http))
+    );
+    let _ = writeln!(
+        out,
+        "- RSS per idle tunnel: {} bytes (target <= 8192)",
+        gate(&|r| r.idle_bytes).map_or("n/a".into(), |b| format!("{b:.0}"))
+    );
+    let _ = writeln!(
+        out,
+        "- fsync cost: CONNECT exchanges/s always vs never {}×, HTTP req/s {}×",
+        ratio(gate(&x_rate), never(&x_rate)),
+        ratio(gate(&http), never(&http))
     );
     for (k, r) in rows {
         if r.x_errors > 0 {
@@ -1096,7 +1210,8 @@ fn pin_to(cpu: usize) {
     }
 }
 
-fn raise_nofile(n: u64) {
+/// Raises the descriptor limit as far as allowed; returns the limit in force.
+fn raise_nofile(n: u64) -> u64 {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let cur = getrlimit(Resource::Nofile);
     let want = Rlimit {
@@ -1113,6 +1228,7 @@ fn raise_nofile(n: u64) {
             },
         );
     }
+    getrlimit(Resource::Nofile).current.unwrap_or(1024)
 }
 
 fn which(name: &str) -> Option<PathBuf> {

@@ -34,8 +34,8 @@ pub(super) async fn send(
     resolved: Resolved,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
-    check_host_header(req.headers(), target)?;
     let host: Arc<str> = Arc::from(host_header_value(target));
+    check_host_header(req.headers(), target, &host)?;
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.insert(
@@ -90,7 +90,7 @@ async fn checkout_or_connect(
             addr: *addr,
             host: host.clone(),
         };
-        if let Some(sender) = proxy.pool.checkout(&key) {
+        if let Some(sender) = proxy.pool.checkout(&key).await {
             return Ok((sender, key));
         }
     }
@@ -108,7 +108,12 @@ async fn checkout_or_connect(
 }
 
 /// Refuses a client `Host` header that names a different destination than the URI.
-fn check_host_header(headers: &HeaderMap, target: &Target) -> Result<(), ProxyError> {
+/// `expected` is the target's own `Host` value (see [`host_header_value`]).
+fn check_host_header(
+    headers: &HeaderMap,
+    target: &Target,
+    expected: &str,
+) -> Result<(), ProxyError> {
     let mut hosts = headers.get_all(header::HOST).iter();
     let Some(value) = hosts.next() else {
         return Ok(());
@@ -124,6 +129,11 @@ fn check_host_header(headers: &HeaderMap, target: &Target) -> Result<(), ProxyEr
         reason: "host_mismatch",
         detail: "the Host header is not valid text",
     })?;
+    // The usual case, without re-parsing: the header spells the target in its normalised form
+    // (normalising that again changes nothing but case, and host names are case-insensitive).
+    if value.eq_ignore_ascii_case(expected) {
+        return Ok(());
+    }
     let uri: Uri = format!("http://{value}/")
         .parse()
         .map_err(|_| ProxyError::BadRequest {
@@ -327,15 +337,24 @@ mod tests {
             host: target::Host::Name("example.com".into()),
             port: 80,
         };
+        let expected = host_header_value(&target);
+        let check = |h: &HeaderMap| check_host_header(h, &target, &expected);
         let mut h = HeaderMap::new();
-        assert!(check_host_header(&h, &target).is_ok());
+        assert!(check(&h).is_ok());
         h.insert(header::HOST, HeaderValue::from_static("EXAMPLE.com:80"));
-        assert!(check_host_header(&h, &target).is_ok());
+        assert!(check(&h).is_ok());
+        h.insert(header::HOST, HeaderValue::from_static("Example.COM"));
+        assert!(check(&h).is_ok());
+        h.insert(header::HOST, HeaderValue::from_static("example.com."));
+        assert!(check(&h).is_ok());
         h.insert(header::HOST, HeaderValue::from_static("other.example"));
-        assert!(check_host_header(&h, &target).is_err());
+        assert!(check(&h).is_err());
         h.insert(header::HOST, HeaderValue::from_static("example.com:8080"));
-        assert!(check_host_header(&h, &target).is_err());
+        assert!(check(&h).is_err());
+        h.insert(header::HOST, HeaderValue::from_static("example.com.evil"));
+        assert!(check(&h).is_err());
+        h.insert(header::HOST, HeaderValue::from_static("example.com"));
         h.append(header::HOST, HeaderValue::from_static("example.com"));
-        assert!(check_host_header(&h, &target).is_err());
+        assert!(check(&h).is_err());
     }
 }

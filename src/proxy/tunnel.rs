@@ -1,7 +1,15 @@
 //! CONNECT tunnels: dial the vetted address, answer 200 only once connected, then relay bytes
 //! both ways with half-close and an idle timeout. The tunnel's `net.req` record is written when
 //! it closes, with the bytes moved each way.
+//!
+//! Once the 200 is written, a tunnel between two real TCP sockets takes its client socket back
+//! from hyper and relays with `splice(2)` (see `tcp`), so the bytes never pass through user space
+//! and an idle tunnel holds no buffer. Anything else (the in-memory streams the fuzzer uses) goes
+//! through `copy_bidirectional`.
 
+mod tcp;
+
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,15 +18,17 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
+use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::exchange::Exchange;
 use super::respond::{self, Body, ProxyError};
 use super::{ConnInfo, Proxy, egress_error};
-use crate::egress::Resolved;
+use crate::egress::{Resolved, Upstream};
 use crate::policy::Policy;
 
 /// Dials, then answers 200 and relays in a tracked task.
@@ -46,7 +56,7 @@ pub(super) async fn open(
     let conn = conn.clone();
     proxy.tunnels.spawn(async move {
         let (up, down) = match on_upgrade.await {
-            Ok(upgraded) => relay(TokioIo::new(upgraded), upstream, idle, &halt).await,
+            Ok(upgraded) => relay_upgraded(upgraded, upstream, idle, &halt).await,
             Err(e) => {
                 tracing::debug!(audit_id = %ex.audit_id, error = %e, "client went away before the tunnel started");
                 (0, 0)
@@ -61,6 +71,40 @@ pub(super) async fn open(
     Ok(resp)
 }
 
+/// Relays an upgraded client connection: with `splice` when both ends are TCP sockets.
+async fn relay_upgraded(
+    upgraded: Upgraded,
+    upstream: Upstream,
+    idle: Duration,
+    halt: &CancellationToken,
+) -> (u64, u64) {
+    let Upstream::Tcp(upstream) = upstream else {
+        return relay(TokioIo::new(upgraded), upstream, idle, halt).await;
+    };
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let client = parts.io.into_inner();
+            relay_tcp(client, parts.read_buf, upstream, idle, halt).await
+        }
+        Err(upgraded) => relay(TokioIo::new(upgraded), Upstream::Tcp(upstream), idle, halt).await,
+    }
+}
+
+/// Relays between two TCP sockets (see `tcp`); `early` is what the client sent right behind its
+/// CONNECT head, which goes upstream first.
+async fn relay_tcp(
+    client: TcpStream,
+    early: bytes::Bytes,
+    upstream: TcpStream,
+    idle: Duration,
+    halt: &CancellationToken,
+) -> (u64, u64) {
+    let activity = Activity::new(Instant::now());
+    let work = tcp::relay(&client, &upstream, early, &activity);
+    supervise(work, &activity, idle, halt).await;
+    activity.totals()
+}
+
 /// Copies both ways until both sides are done, nothing moved for `idle`, or the proxy halts.
 /// Returns (bytes client→upstream, bytes upstream→client).
 async fn relay<C, U>(client: C, upstream: U, idle: Duration, halt: &CancellationToken) -> (u64, u64)
@@ -68,19 +112,29 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let start = Instant::now();
-    let activity = Arc::new(Activity::default());
-    let mut client = Counted::new(client, activity.clone(), Direction::Up, start);
-    let mut upstream = Counted::new(upstream, activity.clone(), Direction::Down, start);
+    let activity = Activity::new(Instant::now());
+    let mut client = Counted::new(client, &activity, Direction::Up);
+    let mut upstream = Counted::new(upstream, &activity, Direction::Down);
     let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
-    tokio::pin!(copy);
-    let mut deadline = start + idle;
+    supervise(copy, &activity, idle, halt).await;
+    activity.totals()
+}
+
+/// Runs `work` until it finishes, nothing has moved for `idle`, or the proxy halts.
+async fn supervise<F: Future>(
+    work: F,
+    activity: &Activity,
+    idle: Duration,
+    halt: &CancellationToken,
+) {
+    tokio::pin!(work);
+    let mut deadline = activity.start + idle;
     loop {
         tokio::select! {
-            _ = &mut copy => break,
+            _ = &mut work => break,
             _ = halt.cancelled() => break,
             _ = tokio::time::sleep_until(deadline) => {
-                let last = start + Duration::from_millis(activity.last_ms.load(Ordering::Relaxed));
+                let last = activity.start + Duration::from_millis(activity.last_ms.load(Ordering::Relaxed));
                 if last + idle <= Instant::now() {
                     tracing::debug!("tunnel idle timeout");
                     break;
@@ -89,19 +143,39 @@ where
             }
         }
     }
-    (
-        activity.up.load(Ordering::Relaxed),
-        activity.down.load(Ordering::Relaxed),
-    )
 }
 
 /// Byte counters and the time of the last read, shared by both directions of one tunnel.
-#[derive(Default)]
 struct Activity {
     up: AtomicU64,
     down: AtomicU64,
-    /// Milliseconds since the tunnel started at the last successful read.
+    /// Milliseconds since `start` at the last successful read.
     last_ms: AtomicU64,
+    start: Instant,
+}
+
+impl Activity {
+    fn new(start: Instant) -> Activity {
+        Activity {
+            up: AtomicU64::new(0),
+            down: AtomicU64::new(0),
+            last_ms: AtomicU64::new(0),
+            start,
+        }
+    }
+
+    /// Notes that bytes moved just now.
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn totals(&self) -> (u64, u64) {
+        (
+            self.up.load(Ordering::Relaxed),
+            self.down.load(Ordering::Relaxed),
+        )
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -111,25 +185,23 @@ enum Direction {
 }
 
 /// A stream that counts what is read from it and notes when.
-struct Counted<S> {
+struct Counted<'a, S> {
     inner: S,
-    activity: Arc<Activity>,
+    activity: &'a Activity,
     dir: Direction,
-    start: Instant,
 }
 
-impl<S> Counted<S> {
-    fn new(inner: S, activity: Arc<Activity>, dir: Direction, start: Instant) -> Self {
+impl<'a, S> Counted<'a, S> {
+    fn new(inner: S, activity: &'a Activity, dir: Direction) -> Self {
         Self {
             inner,
             activity,
             dir,
-            start,
         }
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -144,14 +216,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
                 Direction::Down => &self.activity.down,
             };
             counter.fetch_add(n, Ordering::Relaxed);
-            let ms = self.start.elapsed().as_millis() as u64;
-            self.activity.last_ms.store(ms, Ordering::Relaxed);
+            self.activity.touch();
         }
         poll
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -223,5 +294,93 @@ mod tests {
         client_peer.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"response");
         assert_eq!(relay.await.unwrap(), (7, 8));
+    }
+
+    /// A connected loopback pair: (ours, the peer's end).
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (a, b) = tokio::join!(
+            TcpStream::connect(listener.local_addr().unwrap()),
+            listener.accept()
+        );
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn tcp_relay_sends_early_bytes_first_and_propagates_half_close() {
+        let (client, mut client_peer) = tcp_pair().await;
+        let (upstream, mut upstream_peer) = tcp_pair().await;
+        let relay = tokio::spawn(async move {
+            let early = bytes::Bytes::from_static(b"early:");
+            relay_tcp(
+                client,
+                early,
+                upstream,
+                Duration::from_secs(60),
+                &CancellationToken::new(),
+            )
+            .await
+        });
+        client_peer.write_all(b"request").await.unwrap();
+        client_peer.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        upstream_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"early:request");
+        // The other direction still works after the client's half-close.
+        upstream_peer.write_all(b"response").await.unwrap();
+        upstream_peer.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"response");
+        assert_eq!(relay.await.unwrap(), (13, 8));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_tcp_tunnels_are_closed() {
+        let (client, mut client_peer) = tcp_pair().await;
+        let (upstream, mut upstream_peer) = tcp_pair().await;
+        let relay = tokio::spawn(async move {
+            relay_tcp(
+                client,
+                bytes::Bytes::new(),
+                upstream,
+                Duration::from_secs(10),
+                &CancellationToken::new(),
+            )
+            .await
+        });
+        client_peer.write_all(b"hi").await.unwrap();
+        let mut two = [0u8; 2];
+        upstream_peer.read_exact(&mut two).await.unwrap();
+        // Nothing moves from here on; the paused clock runs ahead to the idle deadline.
+        assert_eq!(relay.await.unwrap(), (2, 0));
+        // Both peers see the tunnel closed.
+        let mut rest = Vec::new();
+        assert_eq!(client_peer.read_to_end(&mut rest).await.unwrap(), 0);
+        assert_eq!(upstream_peer.read_to_end(&mut rest).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn halting_closes_tcp_tunnels_at_once() {
+        let (client, mut client_peer) = tcp_pair().await;
+        let (upstream, _upstream_peer) = tcp_pair().await;
+        let halt = CancellationToken::new();
+        let relay = {
+            let halt = halt.clone();
+            tokio::spawn(async move {
+                relay_tcp(
+                    client,
+                    bytes::Bytes::new(),
+                    upstream,
+                    Duration::from_secs(3600),
+                    &halt,
+                )
+                .await
+            })
+        };
+        halt.cancel();
+        assert_eq!(relay.await.unwrap(), (0, 0));
+        let mut rest = Vec::new();
+        assert_eq!(client_peer.read_to_end(&mut rest).await.unwrap(), 0);
     }
 }
