@@ -668,6 +668,116 @@ async fn read_head(s: &mut TcpStream) {
     }
 }
 
+/// Sends a request head and part of its body, then goes quiet without closing; returns whether
+/// the proxy closed the connection within `IO_TIMEOUT` and what it answered.
+async fn stall_mid_body(proxy: SocketAddr, port: u16) -> (bool, Vec<u8>) {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    let head = format!(
+        "POST http://127.0.0.1:{port}/upload HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 1000\r\n\r\nonly part of it"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(IO_TIMEOUT, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (closed, answer)
+}
+
+#[tokio::test]
+async fn a_client_stalling_mid_body_is_answered_504_when_the_origin_waits_for_the_body() {
+    let origin = Origin::start().await;
+    let proxy = TestProxy::start(&policy(origin.port(), "idle_timeout = \"1s\"")).await;
+    let (closed, answer) = stall_mid_body(proxy.addr, origin.port()).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(closed, "the connection stayed open; got {text:?}");
+    assert!(text.starts_with("HTTP/1.1 504"), "{text:?}");
+}
+
+#[tokio::test]
+#[ignore = "product: nothing times out a request body: when the origin answers before reading it \
+            (401, 413, ...), a client that stops mid-body keeps its connection and its \
+            max_connections slot forever (slow-POST); found by the request_stream fuzzer, see \
+            fuzz/regressions/request_stream/open/stalled-request-body"]
+async fn a_client_stalling_mid_body_is_cut_when_the_origin_answered_early() {
+    let origin = RawOrigin::start(|mut s| async move {
+        read_head(&mut s).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n")
+            .await;
+        // Keep reading whatever the proxy sends, never closing first.
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    let port = origin.addr.port();
+    let proxy = TestProxy::start(&policy(port, "idle_timeout = \"1s\"")).await;
+    let (closed, answer) = stall_mid_body(proxy.addr, port).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text:?}");
+    assert!(
+        closed,
+        "a client stalled mid-body kept its connection past the idle timeout"
+    );
+}
+
+#[tokio::test]
+#[ignore = "product: nothing times out a response body relay: a client that sends a request and \
+            never reads the response keeps both its connection and the upstream connection open \
+            forever (slow-read), although `idle_timeout` promises to close a connection with no \
+            traffic either way"]
+async fn a_client_that_never_reads_its_response_does_not_pin_the_upstream() {
+    const TOTAL: usize = 256 << 20;
+    let finished = Arc::new(AtomicBool::new(false));
+    let f = finished.clone();
+    let origin = RawOrigin::start(move |mut s| {
+        let f = f.clone();
+        async move {
+            read_head(&mut s).await;
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {TOTAL}\r\n\r\n");
+            let _ = s.write_all(head.as_bytes()).await;
+            let chunk = vec![b'd'; 64 * 1024];
+            let mut sent = 0;
+            while sent < TOTAL {
+                if s.write_all(&chunk).await.is_err() {
+                    break;
+                }
+                sent += chunk.len();
+            }
+            f.store(true, Ordering::SeqCst);
+        }
+    })
+    .await;
+    let port = origin.addr.port();
+    let proxy = TestProxy::start(&policy(port, "idle_timeout = \"1s\"")).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let req = format!("GET http://127.0.0.1:{port}/big HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    // Never read. Once nothing moves for the idle timeout, the proxy must let go of the upstream.
+    for _ in 0..1000 {
+        if finished.load(Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        finished.load(Ordering::SeqCst),
+        "a client that reads nothing pinned the upstream connection past the idle timeout"
+    );
+    drop(s);
+}
+
 #[tokio::test]
 async fn an_origin_that_never_answers_gets_504_once_the_idle_timeout_passes() {
     let origin = RawOrigin::start(|mut s| async move {

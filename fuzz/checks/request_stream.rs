@@ -9,7 +9,9 @@
 //! Invariants:
 //! - nothing panics, in the connection or in any task it spawns (libFuzzer aborts on any panic;
 //!   the replay test counts them);
-//! - the proxy answers and closes the connection within its limits (virtual time), and whatever
+//! - the proxy closes the connection by itself: never a connection left open with no timeout
+//!   armed (a hang, detected by a watchdog thread; see `HangWatch`), and within its limits in
+//!   virtual time; whatever
 //!   it writes first is an HTTP/1.x status line;
 //! - **the dialer is never asked for the proxy's own listener, nor for a non-public address that no
 //!   port-scoped exception in the policy covers** (checked against `EXCEPTIONS` and `addr::classify`,
@@ -21,7 +23,8 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use egress_gate::addr::{self, Class};
@@ -171,12 +174,84 @@ fn names() -> HashMap<String, Vec<IpAddr>> {
 pub fn check(data: &[u8]) {
     let setup = setup();
     for policy in &setup.policies {
+        let watch = HangWatch::start();
+        let (parked, unparked) = (watch.parked.clone(), watch.parked.clone());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .start_paused(true)
+            .on_thread_park(move || *lock(&parked) = Some(std::time::Instant::now()))
+            .on_thread_unpark(move || *lock(&unparked) = None)
             .build()
             .expect("a runtime");
-        runtime.block_on(conversation(data, setup, policy.clone()));
+        runtime.block_on(conversation(data, setup, policy.clone(), &watch.hung));
+        drop(runtime);
+        drop(watch);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// With `EGRESS_GATE_FUZZ_KNOWN=hang`, a hung connection is hung up by the client and the other
+/// invariants are still checked, so a fuzzing run gets past the known hang; otherwise a hang fails.
+fn tolerate_hangs() -> bool {
+    super::known("hang")
+}
+
+/// Detects a conversation that can never end. On the paused clock every timeout is free, so a
+/// runtime that parks with nothing left to wake it (no timer, no I/O, no audit writer reply) is
+/// stuck for good: the proxy left the connection open with no timeout armed. A thread watches how
+/// long the runtime has been parked, in real time, and notifies `hung` past a threshold (short
+/// when tolerating hangs, where a false alarm only makes the client hang up early).
+struct HangWatch {
+    parked: Arc<Mutex<Option<std::time::Instant>>>,
+    hung: Arc<tokio::sync::Notify>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HangWatch {
+    fn start() -> HangWatch {
+        let threshold = if tolerate_hangs() {
+            Duration::from_millis(50)
+        } else {
+            Duration::from_secs(5)
+        };
+        let parked: Arc<Mutex<Option<std::time::Instant>>> = Arc::default();
+        let hung = Arc::new(tokio::sync::Notify::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, h, s) = (parked.clone(), hung.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                std::thread::park_timeout(threshold / 5);
+                let since = *lock(&p);
+                if since.is_some_and(|t| t.elapsed() > threshold) {
+                    h.notify_one();
+                    // One alarm per park.
+                    while lock(&p).is_some_and(|t| Some(t) == since) && !s.load(Ordering::SeqCst) {
+                        std::thread::park_timeout(threshold / 5);
+                    }
+                }
+            }
+        });
+        HangWatch {
+            parked,
+            hung,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for HangWatch {
+    /// Also on a failed check, so no watchdog thread outlives its input.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
     }
 }
 
@@ -199,7 +274,7 @@ fn bound(limits: &Limits, input_len: usize) -> Duration {
     per_request.saturating_mul(requests)
 }
 
-async fn conversation(data: &[u8], setup: &Setup, policy: Arc<Policy>) {
+async fn conversation(data: &[u8], setup: &Setup, policy: Arc<Policy>, hung: &tokio::sync::Notify) {
     let limits = setup.limits.clone();
     let dialer = Arc::new(RecordingDialer::default());
     let egress = Egress::offline(
@@ -236,25 +311,46 @@ async fn conversation(data: &[u8], setup: &Setup, policy: Arc<Policy>) {
         let _ = rd.read_to_end(&mut out).await;
         (rd, out)
     };
-    let (wr, (rd, out)) = tokio::join!(write, read);
-    let took = started.elapsed();
-    drop(rd.unsplit(wr));
-    if let Err(e) = served.await {
-        std::panic::resume_unwind(e.into_panic());
+    let exchange = async { tokio::join!(write, read) };
+    let hang_msg = "HANG: the proxy keeps the connection open with no timeout armed";
+    let finished = tokio::select! {
+        (wr, (rd, out)) = exchange => {
+            let took = started.elapsed();
+            drop(rd.unsplit(wr));
+            Some((took, out))
+        }
+        _ = hung.notified() => {
+            assert!(tolerate_hangs(), "{hang_msg}");
+            // Tolerated: the client hangs up (dropping the exchange drops its stream).
+            None
+        }
+    };
+    tokio::select! {
+        joined = served => {
+            if let Err(e) = joined {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+        _ = hung.notified() => panic!("{hang_msg}, even after the client hung up"),
     }
     proxy.tunnels().close();
-    proxy.tunnels().wait().await;
-    let limit = bound(&limits, data.len());
-    assert!(
-        took <= limit,
-        "the connection stayed open {took:?} (virtual), more than {limit:?}"
-    );
-    if !out.is_empty() {
+    tokio::select! {
+        _ = proxy.tunnels().wait() => {}
+        _ = hung.notified() => panic!("HANG: a tunnel outlives its client with no timeout armed"),
+    }
+    if let Some((took, out)) = finished {
+        let limit = bound(&limits, data.len());
         assert!(
-            out.starts_with(b"HTTP/1.1 ") || out.starts_with(b"HTTP/1.0 "),
-            "the proxy's first bytes are not a status line: {:?}",
-            String::from_utf8_lossy(&out[..out.len().min(64)])
+            took <= limit,
+            "the connection stayed open {took:?} (virtual), more than {limit:?}"
         );
+        if !out.is_empty() {
+            assert!(
+                out.starts_with(b"HTTP/1.1 ") || out.starts_with(b"HTTP/1.0 "),
+                "the proxy's first bytes are not a status line: {:?}",
+                String::from_utf8_lossy(&out[..out.len().min(64)])
+            );
+        }
     }
 
     let dialed = dialer.dialed();
