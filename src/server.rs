@@ -20,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::proxy::{ConnInfo, Proxy};
+pub use idle::IdleIo;
+
+mod idle;
 
 /// How long shutdown waits for open connections and tunnels before giving up on them.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -186,6 +189,10 @@ pub async fn serve_stream<S>(
 {
     let limits = proxy.limits().clone();
     let service = service_fn(move |req| proxy.clone().serve(info.clone(), req));
+    // Nothing moving either way for `idle_timeout` closes the connection: a client that stops
+    // reading its response, or stalls mid-body, does not hold a slot (and an upstream) forever.
+    // A CONNECT hands the stream to its tunnel, which keeps its own idle timeout.
+    let (stream, clock) = IdleIo::new(stream);
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -196,6 +203,10 @@ pub async fn serve_stream<S>(
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
+        _ = clock.idle_for(limits.idle_timeout) => {
+            tracing::debug!("client connection idle; closing");
+            return;
+        }
         _ = stop.cancelled() => {
             conn.as_mut().graceful_shutdown();
             conn.await

@@ -702,10 +702,6 @@ async fn a_client_stalling_mid_body_is_answered_504_when_the_origin_waits_for_th
 }
 
 #[tokio::test]
-#[ignore = "product: nothing times out a request body: when the origin answers before reading it \
-            (401, 413, ...), a client that stops mid-body keeps its connection and its \
-            max_connections slot forever (slow-POST); found by the request_stream fuzzer, see \
-            fuzz/regressions/request_stream/open/stalled-request-body"]
 async fn a_client_stalling_mid_body_is_cut_when_the_origin_answered_early() {
     let origin = RawOrigin::start(|mut s| async move {
         read_head(&mut s).await;
@@ -733,10 +729,6 @@ async fn a_client_stalling_mid_body_is_cut_when_the_origin_answered_early() {
 }
 
 #[tokio::test]
-#[ignore = "product: nothing times out a response body relay: a client that sends a request and \
-            never reads the response keeps both its connection and the upstream connection open \
-            forever (slow-read), although `idle_timeout` promises to close a connection with no \
-            traffic either way"]
 async fn a_client_that_never_reads_its_response_does_not_pin_the_upstream() {
     const TOTAL: usize = 256 << 20;
     let finished = Arc::new(AtomicBool::new(false));

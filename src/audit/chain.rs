@@ -117,11 +117,21 @@ pub fn split_sealed(line: &[u8]) -> Option<(Vec<u8>, [u8; 32])> {
     if !member.starts_with(b",\"hash\":\"") {
         return None;
     }
-    let mut hash = [0u8; 32];
-    hex::decode_to_slice(&member[9..9 + 64], &mut hash).ok()?;
+    let hash = parse_lower_hex(&member[9..9 + 64])?;
     let mut canonical = line[..line.len() - HASH_MEMBER_LEN].to_vec();
     canonical.push(b'}');
     Some((canonical, hash))
+}
+
+/// Parses exactly 64 lower-case hex digits, the only spelling the writer produces: accepting
+/// `A-F` too would let a line be modified (its case changed) and still verify.
+pub fn parse_lower_hex(text: &[u8]) -> Option<[u8; 32]> {
+    if text.len() != 64 || !text.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text, &mut out).ok()?;
+    Some(out)
 }
 
 #[cfg(test)]
@@ -152,6 +162,14 @@ mod tests {
         );
         assert_eq!(chain.head, hash1);
         assert_eq!(chain.next_seq, 2);
+    }
+
+    #[test]
+    fn only_lower_case_hashes_are_read() {
+        let lower = "ab".repeat(32);
+        assert_eq!(parse_lower_hex(lower.as_bytes()), Some([0xab; 32]));
+        assert_eq!(parse_lower_hex(lower.to_uppercase().as_bytes()), None);
+        assert_eq!(parse_lower_hex(b"abc"), None);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::chain::{ChainKey, GENESIS, split_sealed};
+use super::chain::{ChainKey, GENESIS, parse_lower_hex, split_sealed};
 
 /// A trail that verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,9 +211,8 @@ impl<'k> Verifier<'k> {
                 },
             ));
         }
-        let mut prev = [0u8; 32];
-        hex::decode_to_slice(&link.prev, &mut prev)
-            .map_err(|_| problem(seq, ProblemKind::NotSealed))?;
+        let prev = parse_lower_hex(link.prev.as_bytes())
+            .ok_or_else(|| problem(seq, ProblemKind::NotSealed))?;
         match self.position {
             None => {
                 self.summary.first_seq = Some(link.seq);

@@ -30,6 +30,7 @@ use super::respond::{self, Body, ProxyError};
 use super::{ConnInfo, Proxy, egress_error};
 use crate::egress::{Resolved, Upstream};
 use crate::policy::Policy;
+use crate::server::IdleIo;
 
 /// Dials, then answers 200 and relays in a tracked task.
 pub(super) async fn open(
@@ -81,9 +82,9 @@ async fn relay_upgraded(
     let Upstream::Tcp(upstream) = upstream else {
         return relay(TokioIo::new(upgraded), upstream, idle, halt).await;
     };
-    match upgraded.downcast::<TokioIo<TcpStream>>() {
+    match upgraded.downcast::<TokioIo<IdleIo<TcpStream>>>() {
         Ok(parts) => {
-            let client = parts.io.into_inner();
+            let client = parts.io.into_inner().into_inner();
             relay_tcp(client, parts.read_buf, upstream, idle, halt).await
         }
         Err(upgraded) => relay(TokioIo::new(upgraded), Upstream::Tcp(upstream), idle, halt).await,
