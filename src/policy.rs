@@ -255,10 +255,13 @@ impl Policy {
 
 /// The proxy must never dial itself: that would loop a request back through its own policy.
 fn is_own_listener(ip: IpAddr, port: u16, own: &[SocketAddr]) -> bool {
+    // `::ffff:127.0.0.1` reaches a socket bound to 127.0.0.1: compare canonical forms.
+    let ip = ip.to_canonical();
     own.iter().any(|l| {
+        let listen_ip = l.ip().to_canonical();
         l.port() == port
-            && (l.ip() == ip
-                || (l.ip().is_unspecified() && (ip.is_loopback() || ip.is_unspecified())))
+            && (listen_ip == ip
+                || (listen_ip.is_unspecified() && (ip.is_loopback() || ip.is_unspecified())))
     })
 }
 

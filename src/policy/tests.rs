@@ -180,6 +180,13 @@ fn the_proxy_never_dials_its_own_listener() {
     assert!(p.vet_addresses(None, 3128, &[lo], &[own]).is_err());
     let any: SocketAddr = "0.0.0.0:3128".parse().unwrap();
     assert!(p.vet_addresses(None, 3128, &[lo], &[any]).is_err());
+    // The IPv4-mapped spelling of the listener's address is the listener too.
+    let p = policy(
+        "version = 1\n[policy]\nstrict = false\n[[policy.allow]]\ncidr = \"::ffff:0:0/96\"\nports = [3128]\n",
+    );
+    let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+    assert_eq!(p.vet_addresses(None, 3128, &[mapped], &[]), Ok(None));
+    assert!(p.vet_addresses(None, 3128, &[mapped], &[own]).is_err());
 }
 
 #[test]
