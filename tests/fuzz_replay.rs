@@ -163,3 +163,54 @@ fn open_regressions() {
     }
     assert_none_failed(&failures, inputs);
 }
+
+/// The request_stream harness really drives the proxy: known seeds get the answers and dials the
+/// real proxy gives them. Without this, a harness that quietly stopped reaching the service (say,
+/// every connection closed early) would pass every invariant vacuously.
+#[test]
+fn request_stream_seeds_reach_the_proxy() {
+    use checks::request_stream::{Observed, observe};
+    let seed = |name: &str| {
+        let path = fuzz_dir().join("corpus/request_stream").join(name);
+        observe(&std::fs::read(&path).expect("seed exists"))
+    };
+    let seen = |status: &str, dialed: &[&str]| Observed {
+        status_line: Some(format!("HTTP/1.1 {status}")),
+        dialed: dialed.iter().map(|a| a.parse().unwrap()).collect(),
+    };
+    let both = |o: Observed| [o.clone(), o];
+    assert_eq!(
+        seed("curl-connect"),
+        both(seen("200 OK", &["140.82.121.6:443"]))
+    );
+    assert_eq!(
+        seed("curl-get-absolute"),
+        both(seen("200 OK", &["93.184.216.34:80"]))
+    );
+    assert_eq!(
+        seed("connect-internal-exception"),
+        both(seen("200 OK", &["10.20.0.7:8443"]))
+    );
+    assert_eq!(
+        seed("plugin-wide-connect-literal"),
+        both(seen("200 OK", &["10.20.0.9:8443"]))
+    );
+    for refused in [
+        "connect-private-name",
+        "connect-mixed-answer",
+        "get-metadata-name",
+        "connect-own-listener-by-name",
+        "connect-own-listener-mapped",
+    ] {
+        assert_eq!(seed(refused), both(seen("403 Forbidden", &[])), "{refused}");
+    }
+    assert_eq!(seed("smuggle-obs-fold"), both(seen("400 Bad Request", &[])));
+    // Report mode lets a rule denial through, never an address denial.
+    assert_eq!(
+        seed("no-rule-port"),
+        [
+            seen("403 Forbidden", &[]),
+            seen("200 OK", &["93.184.216.34:22"])
+        ]
+    );
+}

@@ -103,21 +103,15 @@ fn independent_recheck(bytes: &[u8], key: &ChainKey, summary: &Summary) {
             .and_then(|t| t.rsplit_once(",\"hash\":\""))
             .expect("a verified line ends with its hash member");
         assert!(
-            super::known("hash-case")
-                || hash_hex
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            hash_hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
             "line {}: verified although its hash is not lower-case hex: {hash_hex:?}",
             i + 1
         );
         let canonical = format!("{canonical}}}");
         let digest = key.digest(canonical.as_bytes());
-        assert_eq!(
-            hex::encode(digest),
-            hash_hex.to_ascii_lowercase(),
-            "line {}: wrong hash",
-            i + 1
-        );
+        assert_eq!(hex::encode(digest), hash_hex, "line {}: wrong hash", i + 1);
         let seq = value["seq"].as_u64().expect("seq");
         let prev = value["prev"].as_str().expect("prev");
         assert!(
@@ -148,14 +142,6 @@ fn only_whole_records_cut(trail: &Genuine, edited: &[u8], summary: &Summary) {
     if lines.is_empty() {
         return;
     }
-    // Tolerating the known upper-case hash bug: compare with that member's case folded.
-    let folded: Vec<Vec<u8>>;
-    let lines: Vec<&[u8]> = if super::known("hash-case") {
-        folded = lines.iter().map(|l| fold_hash_case(l)).collect();
-        folded.iter().map(Vec::as_slice).collect()
-    } else {
-        lines
-    };
     let original: Vec<&[u8]> = trail.lines.iter().map(|l| &l[..l.len() - 1]).collect();
     let start = original
         .iter()
@@ -185,14 +171,6 @@ fn only_whole_records_cut(trail: &Genuine, edited: &[u8], summary: &Summary) {
             "records cut at the end, same head"
         );
     }
-}
-
-/// The line with its trailing `"hash":"…"` member lower-cased.
-fn fold_hash_case(line: &[u8]) -> Vec<u8> {
-    let mut out = line.to_vec();
-    let tail = out.len().saturating_sub(66);
-    out[tail..].make_ascii_lowercase();
-    out
 }
 
 fn genuine_head(trail: &Genuine) -> [u8; 32] {

@@ -16,8 +16,7 @@ pub mod request_stream;
 
 /// Whether `EGRESS_GATE_FUZZ_KNOWN` (comma-separated) names `bug`: a known, reported product bug the
 /// checks then tolerate, so a fuzzing run can get past it to find others. Never set in CI: without
-/// it every invariant is enforced. Names: `hang` (a connection left open with no timeout armed),
-/// `hash-case` (the verifier accepts an upper-case `hash` member).
+/// it every invariant is enforced. Names: `hang` (a connection left open with no timeout armed).
 pub fn known(bug: &str) -> bool {
     static KNOWN: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     KNOWN

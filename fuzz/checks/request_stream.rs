@@ -78,6 +78,11 @@ cidr = "127.0.0.1/32"
 ports = [3128]
 comment = "covers the proxy's own listener, which must still never be dialed"
 
+[[policy.allow]]
+cidr = "::ffff:127.0.0.1/128"
+ports = [3128]
+comment = "the same listener spelled as an IPv4-mapped address"
+
 [[policy.deny]]
 host = "blocked.example.com"
 
@@ -95,7 +100,11 @@ ports = [22, 443, 3128, 8443]
 
 /// Non-public destinations the policy lets through, as (block, port). Kept apart from the policy
 /// code on purpose: the check must not trust what it checks.
-pub const EXCEPTIONS: &[(&str, u16)] = &[("10.20.0.0/24", 8443), ("127.0.0.1/32", 3128)];
+pub const EXCEPTIONS: &[(&str, u16)] = &[
+    ("10.20.0.0/24", 8443),
+    ("127.0.0.1/32", 3128),
+    ("::ffff:127.0.0.1/128", 3128),
+];
 
 /// The proxy's own listener, as `Egress` is told.
 pub const OWN_LISTENER: &str = "127.0.0.1:3128";
@@ -172,20 +181,57 @@ fn names() -> HashMap<String, Vec<IpAddr>> {
 }
 
 pub fn check(data: &[u8]) {
+    observe(data);
+}
+
+/// What one conversation did, for tests that pin the harness to the proxy's real behaviour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    /// The first line the proxy wrote, if any.
+    pub status_line: Option<String>,
+    /// Every address the dialer was asked for.
+    pub dialed: Vec<SocketAddr>,
+}
+
+/// Runs the checks on `data` under the enforce-mode policy, then the report-mode one.
+pub fn observe(data: &[u8]) -> [Observed; 2] {
     let setup = setup();
+    let mut seen = Vec::with_capacity(2);
     for policy in &setup.policies {
         let watch = HangWatch::start();
         let (parked, unparked) = (watch.parked.clone(), watch.parked.clone());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .start_paused(true)
-            .on_thread_park(move || *lock(&parked) = Some(std::time::Instant::now()))
+            .on_thread_park(move || {
+                settle();
+                *lock(&parked) = Some(std::time::Instant::now());
+            })
             .on_thread_unpark(move || *lock(&unparked) = None)
             .build()
             .expect("a runtime");
-        runtime.block_on(conversation(data, setup, policy.clone(), &watch.hung));
+        seen.push(runtime.block_on(conversation(data, setup, policy.clone(), &watch.hung)));
         drop(runtime);
         drop(watch);
+    }
+    seen.try_into().expect("one per policy")
+}
+
+/// Longest the runtime waits, before it parks, for another thread to hand it work.
+const SETTLE: Duration = Duration::from_micros(500);
+
+/// Called as the runtime is about to park. On the paused clock, parking with a timer pending
+/// jumps the clock to that timer at once, even while the audit writer thread is about to answer a
+/// `commit` the proxy is waiting on; the idle or header-read timeout would then fire in the middle
+/// of a request that real time would never have let time out. So first give other threads a moment
+/// to wake a task (which lands in the runtime's global queue and cancels the jump).
+fn settle() {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    while handle.metrics().global_queue_depth() == 0 && started.elapsed() < SETTLE {
+        std::thread::sleep(Duration::from_micros(20));
     }
 }
 
@@ -255,9 +301,11 @@ impl Drop for HangWatch {
     }
 }
 
-/// Whether the dialer may be asked for `addr`.
+/// Whether the dialer may be asked for `addr`. The own listener is refused in every spelling that
+/// reaches it: an IPv4-mapped IPv6 address connects to the IPv4 socket.
 fn acceptable(setup: &Setup, addr: SocketAddr) -> bool {
-    addr != setup.own
+    let same_socket = addr.port() == setup.own.port() && addr.ip().to_canonical() == setup.own.ip();
+    !same_socket
         && (addr::classify(addr.ip()) == Class::Public
             || setup
                 .exceptions
@@ -274,7 +322,12 @@ fn bound(limits: &Limits, input_len: usize) -> Duration {
     per_request.saturating_mul(requests)
 }
 
-async fn conversation(data: &[u8], setup: &Setup, policy: Arc<Policy>, hung: &tokio::sync::Notify) {
+async fn conversation(
+    data: &[u8],
+    setup: &Setup,
+    policy: Arc<Policy>,
+    hung: &tokio::sync::Notify,
+) -> Observed {
     let limits = setup.limits.clone();
     let dialer = Arc::new(RecordingDialer::default());
     let egress = Egress::offline(
@@ -338,6 +391,10 @@ async fn conversation(data: &[u8], setup: &Setup, policy: Arc<Policy>, hung: &to
         _ = proxy.tunnels().wait() => {}
         _ = hung.notified() => panic!("HANG: a tunnel outlives its client with no timeout armed"),
     }
+    let status_line = finished.as_ref().and_then(|(_, out)| {
+        let end = out.windows(2).position(|w| w == b"\r\n")?;
+        Some(String::from_utf8_lossy(&out[..end]).into_owned())
+    });
     if let Some((took, out)) = finished {
         let limit = bound(&limits, data.len());
         assert!(
@@ -409,6 +466,10 @@ async fn conversation(data: &[u8], setup: &Setup, policy: Arc<Policy>, hung: &to
                 "connected although the answer held {ip}: {r}"
             );
         }
+    }
+    Observed {
+        status_line,
+        dialed,
     }
 }
 
