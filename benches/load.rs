@@ -64,7 +64,7 @@ impl Settings {
             kinds: std::env::var("LOAD_KINDS").ok(),
             tests: std::env::var("LOAD_TESTS").ok(),
             bulk_bytes: env("LOAD_BULK_MIB").unwrap_or(if quick { 128 } else { 2048 }) << 20,
-            repeats: env("LOAD_REPEATS").unwrap_or(if quick { 1 } else { 3 }) as usize,
+            repeats: env("LOAD_REPEATS").unwrap_or(if quick { 1 } else { 5 }) as usize,
             run: Duration::from_secs(
                 env("LOAD_RUN_S")
                     .unwrap_or(if quick { 1 } else { 3 })
@@ -684,11 +684,16 @@ impl CpuSample {
                 };
                 let stat =
                     std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
-                sample.ns += stat
+                let ns = stat
                     .split_whitespace()
                     .next()
                     .and_then(|v| v.parse::<u64>().ok())
                     .unwrap_or(0);
+                sample.ns += ns;
+                let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+                if comm.trim() == "audit-writer" {
+                    sample.writer_ns += ns;
+                }
                 sample.tids.push(tid);
             }
         }
@@ -740,6 +745,57 @@ struct Row {
     notes: Vec<String>,
 }
 
+/// What other processes did on the proxy's CPU during one timed run, as a share of that CPU:
+/// the machine is shared, and this says how much to trust each round.
+struct Interference {
+    busy_ticks: u64,
+    proxy: Option<CpuSample>,
+    at: Instant,
+}
+
+static INTERFERENCE: std::sync::Mutex<Vec<f64>> = std::sync::Mutex::new(Vec::new());
+
+impl Interference {
+    fn start(p: &Proxy) -> Interference {
+        Interference {
+            busy_ticks: cpu_busy_ticks(PROXY_CPU),
+            proxy: p.cpu(),
+            at: Instant::now(),
+        }
+    }
+
+    /// Records and returns the foreign share of the proxy CPU since `start`.
+    fn finish(self, p: &Proxy) -> f64 {
+        let wall = self.at.elapsed().as_secs_f64();
+        let busy = cpu_busy_ticks(PROXY_CPU).saturating_sub(self.busy_ticks) as f64 * TICK_S;
+        let ours = cpu_between(self.proxy, p.cpu()).map_or(0.0, |(c, _)| c);
+        let share = ((busy - ours) / wall).clamp(0.0, 1.0);
+        INTERFERENCE.lock().unwrap().push(share);
+        share
+    }
+}
+
+/// Busy (non-idle, non-iowait) ticks of one CPU from /proc/stat.
+fn cpu_busy_ticks(cpu: usize) -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let tag = format!("cpu{cpu} ");
+    stat.lines()
+        .find(|l| l.starts_with(&tag))
+        .map(|l| {
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .map(|v| v.parse().unwrap_or(0))
+                .collect();
+            // user nice system idle iowait irq softirq steal
+            [0, 1, 2, 5, 6, 7]
+                .iter()
+                .map(|&i| f.get(i).copied().unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// (total, audit writer) CPU seconds between two samples.
 fn cpu_between(a: Option<CpuSample>, b: Option<CpuSample>) -> Option<(f64, f64)> {
     let (a, b) = (a?, b?);
@@ -751,10 +807,12 @@ async fn settle() {
 }
 
 async fn run_bulk(p: &Proxy, origin: &Origin, s: &Settings, row: &mut Row) {
+    let noise = Interference::start(p);
     let cpu0 = p.cpu();
     match bulk(p.addr, origin.bulk, s.bulk_bytes).await {
         Ok(t) => {
             settle().await;
+            noise.finish(p);
             let gib = s.bulk_bytes as f64 / (1u64 << 30) as f64;
             row.bulk_mibs
                 .push(s.bulk_bytes as f64 / (1 << 20) as f64 / t.as_secs_f64());
@@ -767,10 +825,12 @@ async fn run_bulk(p: &Proxy, origin: &Origin, s: &Settings, row: &mut Row) {
 }
 
 async fn run_exchange(p: &Proxy, origin: &Origin, s: &Settings, row: &mut Row) {
+    let noise = Interference::start(p);
     let cpu0 = p.cpu();
     let r = exchange_run(p.addr, origin.http, s.run).await;
     settle().await;
     let cpu = cpu_between(cpu0, p.cpu());
+    noise.finish(p);
     row.x_rate.push(r.rate);
     row.x_p50.push(r.p50_ms);
     row.x_p99.push(r.p99_ms);
@@ -809,6 +869,7 @@ async fn run_wrk(p: &Proxy, origin: &Origin, s: &Settings, dir: &Path, row: &mut
             cmd.arg("-s").arg(&script).arg(format!("http://{proxy}/"));
         }
     }
+    let noise = Interference::start(p);
     let cpu0 = p.cpu();
     // wrk runs as its own process on the load CPU; let it have the CPU while we wait.
     let out = tokio::task::spawn_blocking(move || cmd.output())
@@ -816,6 +877,7 @@ async fn run_wrk(p: &Proxy, origin: &Origin, s: &Settings, dir: &Path, row: &mut
         .expect("join");
     settle().await;
     let cpu = cpu_between(cpu0, p.cpu());
+    noise.finish(p);
     let out = match out {
         Ok(o) => String::from_utf8_lossy(&o.stdout).to_string(),
         Err(e) => {
@@ -957,7 +1019,16 @@ async fn run(s: Settings) {
     let mut rows: Vec<(Kind, Row)> = proxies.iter().map(|p| (p.kind, Row::default())).collect();
     // Interleaved repeats, so a noisy moment on the machine hits every contender alike.
     for rep in 0..s.repeats {
-        eprintln!("round {}/{}", rep + 1, s.repeats);
+        eprintln!(
+            "round {}/{} (loadavg {})",
+            rep + 1,
+            s.repeats,
+            std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .split_whitespace()
+                .next()
+                .unwrap_or("?")
+        );
         for (p, (_, row)) in proxies.iter().zip(rows.iter_mut()) {
             if p.kind != Kind::GateNever && s.wants("bulk") {
                 run_bulk(p, &origin, &s, row).await;
@@ -968,12 +1039,21 @@ async fn run(s: Settings) {
             if p.kind.forwards_http() && s.wants("http") {
                 run_wrk(p, &origin, &s, &dir, row).await;
             }
+            let foreign = INTERFERENCE
+                .lock()
+                .unwrap()
+                .iter()
+                .rev()
+                .take(3)
+                .copied()
+                .fold(0.0, f64::max);
             eprintln!(
-                "  {:<15} bulk {:>8.0} MiB/s  exchange {:>7.0}/s  http {:>7.0}/s",
+                "  {:<15} bulk {:>8.0} MiB/s  exchange {:>7.0}/s  http {:>7.0}/s  (others on CPU {PROXY_CPU}: up to {:.0}%)",
                 p.kind.label(),
                 row.bulk_mibs.last().copied().unwrap_or(f64::NAN),
                 row.x_rate.last().copied().unwrap_or(f64::NAN),
-                row.http_rps.last().copied().unwrap_or(f64::NAN)
+                row.http_rps.last().copied().unwrap_or(f64::NAN),
+                foreign * 100.0
             );
         }
     }
@@ -987,6 +1067,13 @@ async fn run(s: Settings) {
         }
     }
     println!("{}", table(&rows, &s));
+    let shares = INTERFERENCE.lock().unwrap().clone();
+    println!(
+        "other processes on the proxy CPU during timed runs: median {:.0}%, max {:.0}% of the CPU \
+         (rates suffer from this more than CPU-per-operation figures)",
+        median(&shares).unwrap_or(0.0) * 100.0,
+        shares.iter().copied().fold(0.0, f64::max) * 100.0
+    );
     if s.quick {
         println!("(--quick: short runs, numbers are rough)");
     }
