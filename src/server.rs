@@ -188,11 +188,22 @@ pub async fn serve_stream<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = proxy.limits().clone();
-    let service = service_fn(move |req| proxy.clone().serve(info.clone(), req));
     // Nothing moving either way for `idle_timeout` closes the connection: a client that stops
     // reading its response, or stalls mid-body, does not hold a slot (and an upstream) forever.
-    // A CONNECT hands the stream to its tunnel, which keeps its own idle timeout.
+    // While a request is being decided, dialed or waits for its upstream's answer, its own
+    // timeouts apply and answer with a status (504), so the watchdog holds off. A CONNECT hands
+    // the stream to its tunnel, which keeps its own idle timeout.
     let (stream, clock) = IdleIo::new(stream);
+    let service_clock = clock.clone();
+    let service = service_fn(move |req| {
+        let busy = service_clock.busy();
+        let response = proxy.clone().serve(info.clone(), req);
+        async move {
+            let response = response.await;
+            drop(busy);
+            response
+        }
+    });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)

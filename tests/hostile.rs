@@ -775,10 +775,6 @@ async fn a_client_that_never_reads_its_response_does_not_pin_the_upstream() {
 }
 
 #[tokio::test]
-#[ignore = "product (since 331806a): the client connection's idle watchdog (server::IdleIo) \
-            fires at idle_timeout while the request is still waiting on the origin, just before \
-            forward's own idle_timeout on the upstream answer, so the client gets the connection \
-            closed with no response instead of 504 upstream_timeout; see the fuzzing report"]
 async fn an_origin_that_never_answers_gets_504_once_the_idle_timeout_passes() {
     let origin = RawOrigin::start(|mut s| async move {
         // Read and keep the connection, never answer.

@@ -6,7 +6,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -18,6 +18,19 @@ pub struct IdleClock {
     start: Instant,
     /// Milliseconds after `start` of the last read or write that moved bytes.
     last_ms: AtomicU64,
+    /// Requests being worked on (deciding, dialing, waiting for the upstream's answer): those
+    /// have their own timeouts and answer with a status, so the watchdog leaves them alone.
+    busy: AtomicUsize,
+}
+
+/// Holds a connection's [`IdleClock`] busy; dropping it counts as activity.
+pub struct BusyGuard(Arc<IdleClock>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
 }
 
 impl IdleClock {
@@ -30,10 +43,20 @@ impl IdleClock {
         self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
     }
 
-    /// Resolves once nothing has moved for `idle`.
+    /// Marks a request as being worked on until the guard is dropped.
+    pub fn busy(self: &Arc<Self>) -> BusyGuard {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        BusyGuard(self.clone())
+    }
+
+    /// Resolves once nothing has moved for `idle` while no request was being worked on.
     pub async fn idle_for(&self, idle: Duration) {
         loop {
-            let deadline = self.last() + idle;
+            let deadline = if self.busy.load(Ordering::Relaxed) > 0 {
+                Instant::now() + idle
+            } else {
+                self.last() + idle
+            };
             if deadline <= Instant::now() {
                 return;
             }
@@ -53,6 +76,7 @@ impl<S> IdleIo<S> {
         let clock = Arc::new(IdleClock {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
+            busy: AtomicUsize::new(0),
         });
         (
             IdleIo {
@@ -140,6 +164,28 @@ mod tests {
         }
         assert!(!watchdog.is_finished());
         tokio::time::sleep(Duration::from_secs(11)).await;
+        assert!(watchdog.is_finished());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_connection_is_not_idle() {
+        let (a, _peer) = tokio::io::duplex(64);
+        let (_io, clock) = IdleIo::new(a);
+        let guard = clock.busy();
+        let watched = clock.clone();
+        let watchdog = tokio::spawn(async move { watched.idle_for(Duration::from_secs(10)).await });
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(
+            !watchdog.is_finished(),
+            "fired while a request was being worked on"
+        );
+        drop(guard);
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert!(
+            !watchdog.is_finished(),
+            "the end of the request counts as activity"
+        );
+        tokio::time::sleep(Duration::from_secs(12)).await;
         assert!(watchdog.is_finished());
     }
 }
