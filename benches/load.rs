@@ -67,7 +67,7 @@ impl Settings {
             repeats: env("LOAD_REPEATS").unwrap_or(if quick { 1 } else { 5 }) as usize,
             run: Duration::from_secs(
                 env("LOAD_RUN_S")
-                    .unwrap_or(if quick { 1 } else { 3 })
+                    .unwrap_or(if quick { 1 } else { 2 })
                     .max(1),
             ),
             idle_tunnels: env("LOAD_IDLE_TUNNELS").unwrap_or(if quick { 1000 } else { 10_000 })
@@ -745,57 +745,6 @@ struct Row {
     notes: Vec<String>,
 }
 
-/// What other processes did on the proxy's CPU during one timed run, as a share of that CPU:
-/// the machine is shared, and this says how much to trust each round.
-struct Interference {
-    busy_ticks: u64,
-    proxy: Option<CpuSample>,
-    at: Instant,
-}
-
-static INTERFERENCE: std::sync::Mutex<Vec<f64>> = std::sync::Mutex::new(Vec::new());
-
-impl Interference {
-    fn start(p: &Proxy) -> Interference {
-        Interference {
-            busy_ticks: cpu_busy_ticks(PROXY_CPU),
-            proxy: p.cpu(),
-            at: Instant::now(),
-        }
-    }
-
-    /// Records and returns the foreign share of the proxy CPU since `start`.
-    fn finish(self, p: &Proxy) -> f64 {
-        let wall = self.at.elapsed().as_secs_f64();
-        let busy = cpu_busy_ticks(PROXY_CPU).saturating_sub(self.busy_ticks) as f64 * TICK_S;
-        let ours = cpu_between(self.proxy, p.cpu()).map_or(0.0, |(c, _)| c);
-        let share = ((busy - ours) / wall).clamp(0.0, 1.0);
-        INTERFERENCE.lock().unwrap().push(share);
-        share
-    }
-}
-
-/// Busy (non-idle, non-iowait) ticks of one CPU from /proc/stat.
-fn cpu_busy_ticks(cpu: usize) -> u64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let tag = format!("cpu{cpu} ");
-    stat.lines()
-        .find(|l| l.starts_with(&tag))
-        .map(|l| {
-            let f: Vec<u64> = l
-                .split_whitespace()
-                .skip(1)
-                .map(|v| v.parse().unwrap_or(0))
-                .collect();
-            // user nice system idle iowait irq softirq steal
-            [0, 1, 2, 5, 6, 7]
-                .iter()
-                .map(|&i| f.get(i).copied().unwrap_or(0))
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 /// (total, audit writer) CPU seconds between two samples.
 fn cpu_between(a: Option<CpuSample>, b: Option<CpuSample>) -> Option<(f64, f64)> {
     let (a, b) = (a?, b?);
@@ -807,12 +756,10 @@ async fn settle() {
 }
 
 async fn run_bulk(p: &Proxy, origin: &Origin, s: &Settings, row: &mut Row) {
-    let noise = Interference::start(p);
     let cpu0 = p.cpu();
     match bulk(p.addr, origin.bulk, s.bulk_bytes).await {
         Ok(t) => {
             settle().await;
-            noise.finish(p);
             let gib = s.bulk_bytes as f64 / (1u64 << 30) as f64;
             row.bulk_mibs
                 .push(s.bulk_bytes as f64 / (1 << 20) as f64 / t.as_secs_f64());
@@ -825,12 +772,10 @@ async fn run_bulk(p: &Proxy, origin: &Origin, s: &Settings, row: &mut Row) {
 }
 
 async fn run_exchange(p: &Proxy, origin: &Origin, s: &Settings, row: &mut Row) {
-    let noise = Interference::start(p);
     let cpu0 = p.cpu();
     let r = exchange_run(p.addr, origin.http, s.run).await;
     settle().await;
     let cpu = cpu_between(cpu0, p.cpu());
-    noise.finish(p);
     row.x_rate.push(r.rate);
     row.x_p50.push(r.p50_ms);
     row.x_p99.push(r.p99_ms);
@@ -869,7 +814,6 @@ async fn run_wrk(p: &Proxy, origin: &Origin, s: &Settings, dir: &Path, row: &mut
             cmd.arg("-s").arg(&script).arg(format!("http://{proxy}/"));
         }
     }
-    let noise = Interference::start(p);
     let cpu0 = p.cpu();
     // wrk runs as its own process on the load CPU; let it have the CPU while we wait.
     let out = tokio::task::spawn_blocking(move || cmd.output())
@@ -877,7 +821,6 @@ async fn run_wrk(p: &Proxy, origin: &Origin, s: &Settings, dir: &Path, row: &mut
         .expect("join");
     settle().await;
     let cpu = cpu_between(cpu0, p.cpu());
-    noise.finish(p);
     let out = match out {
         Ok(o) => String::from_utf8_lossy(&o.stdout).to_string(),
         Err(e) => {
@@ -997,6 +940,7 @@ async fn run(s: Settings) {
         dir.display()
     );
     println!("machine: {}", machine_notes());
+    println!("competing processes at the start: {}", busy_processes());
     let (f50, f99) = fsync_probe(&dir);
     println!(
         "fdatasync of a small append in the trail dir: p50 {f50:.2} ms, p99 {f99:.2} ms \
@@ -1039,21 +983,12 @@ async fn run(s: Settings) {
             if p.kind.forwards_http() && s.wants("http") {
                 run_wrk(p, &origin, &s, &dir, row).await;
             }
-            let foreign = INTERFERENCE
-                .lock()
-                .unwrap()
-                .iter()
-                .rev()
-                .take(3)
-                .copied()
-                .fold(0.0, f64::max);
             eprintln!(
-                "  {:<15} bulk {:>8.0} MiB/s  exchange {:>7.0}/s  http {:>7.0}/s  (others on CPU {PROXY_CPU}: up to {:.0}%)",
+                "  {:<15} bulk {:>8.0} MiB/s  exchange {:>7.0}/s  http {:>7.0}/s",
                 p.kind.label(),
                 row.bulk_mibs.last().copied().unwrap_or(f64::NAN),
                 row.x_rate.last().copied().unwrap_or(f64::NAN),
                 row.http_rps.last().copied().unwrap_or(f64::NAN),
-                foreign * 100.0
             );
         }
     }
@@ -1067,13 +1002,7 @@ async fn run(s: Settings) {
         }
     }
     println!("{}", table(&rows, &s));
-    let shares = INTERFERENCE.lock().unwrap().clone();
-    println!(
-        "other processes on the proxy CPU during timed runs: median {:.0}%, max {:.0}% of the CPU \
-         (rates suffer from this more than CPU-per-operation figures)",
-        median(&shares).unwrap_or(0.0) * 100.0,
-        shares.iter().copied().fold(0.0, f64::max) * 100.0
-    );
+    println!("competing processes at the end: {}", busy_processes());
     if s.quick {
         println!("(--quick: short runs, numbers are rough)");
     }
@@ -1388,6 +1317,44 @@ fn fs_type(path: &Path) -> String {
         eprintln!("WARNING: the trail directory is on tmpfs; the fsync numbers mean nothing");
     }
     out
+}
+
+/// Other processes using at least 5% of a CPU over one second (name, nice, CPU share): the
+/// machine may be shared, and the reader should know with what.
+fn busy_processes() -> String {
+    let me = std::process::id();
+    let sample = || -> Vec<(u32, u64, String, i64)> {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter_map(|e| {
+                let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                let (head, rest) = stat.rsplit_once(')')?;
+                let name = head.split_once('(')?.1.to_string();
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+                let nice = f.get(16)?.parse::<i64>().ok()?;
+                Some((pid, ticks, name, nice))
+            })
+            .collect()
+    };
+    let before = sample();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut busy: Vec<String> = sample()
+        .into_iter()
+        .filter(|(pid, ..)| *pid != me)
+        .filter_map(|(pid, ticks, name, nice)| {
+            let (_, t0, ..) = before.iter().find(|b| b.0 == pid)?;
+            let pct = ticks.saturating_sub(*t0);
+            (pct >= 5).then(|| format!("{name} (nice {nice}) {pct}%"))
+        })
+        .collect();
+    if busy.is_empty() {
+        busy.push("none".into());
+    }
+    busy.join(", ")
 }
 
 fn machine_notes() -> String {
