@@ -1313,6 +1313,12 @@ fn fs_type(path: &Path) -> String {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
+    // stat(1) names the shared ext2/3/4 magic "ext2/ext3".
+    let out = if out == "ext2/ext3" {
+        "ext2/3/4".to_string()
+    } else {
+        out
+    };
     if out == "tmpfs" {
         eprintln!("WARNING: the trail directory is on tmpfs; the fsync numbers mean nothing");
     }
