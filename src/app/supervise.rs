@@ -53,6 +53,7 @@ impl Supervisor {
         let mut differs_since: Option<(Instant, Option<String>)> = None;
         // The last drifted content already acted on, so one change is recorded once.
         let mut handled: Option<Option<String>> = None;
+        let mut last_stamp: Option<FileStamp> = None;
         loop {
             tokio::select! {
                 _ = self.halt.cancelled() => return,
@@ -66,6 +67,13 @@ impl Supervisor {
                     None => control = mpsc::channel(1).1,
                 },
                 _ = tick.tick() => {
+                    // Hashing a large policy every tick would cost a core: hash only when the
+                    // file's identity, size or mtime moved (or while a difference is pending).
+                    let stamp = file_stamp(&self.path);
+                    if stamp.is_some() && stamp == last_stamp && differs_since.is_none() {
+                        continue;
+                    }
+                    last_stamp = stamp;
                     let on_disk = file_sha256(&self.path);
                     if on_disk.as_deref() == Some(&*self.proxy.policy().sha256) {
                         differs_since = None;
@@ -160,6 +168,15 @@ impl Supervisor {
             tracing::error!(error = %e, "cannot record the policy reload");
         }
     }
+}
+
+/// What changes when a file is edited or replaced: (device, inode, size, mtime).
+type FileStamp = (u64, u64, u64, i64, i64);
+
+fn file_stamp(path: &std::path::Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
 }
 
 /// SHA-256 of a file's bytes, lower-case hex; `None` when it cannot be read.
