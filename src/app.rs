@@ -85,6 +85,31 @@ async fn bind_one(addr: SocketAddr) -> Result<TcpListener, StartError> {
         .map_err(|source| StartError::Bind { addr, source })
 }
 
+/// Raises the soft open-file limit to the hard limit: every tunnel needs two descriptors, so the
+/// usual soft limit of 1024 would make `max_connections` unreachable. Logs what it got.
+pub fn raise_fd_limit(max_connections: usize) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let current = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: current.maximum,
+        maximum: current.maximum,
+    };
+    if let Err(e) = setrlimit(Resource::Nofile, raised) {
+        tracing::warn!(error = %e, "cannot raise the open-file limit");
+    }
+    let now = getrlimit(Resource::Nofile).current;
+    let needed = (max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(64);
+    if now.is_some_and(|n| n < needed) {
+        tracing::warn!(
+            open_files = now,
+            max_connections,
+            "the open-file limit is below what max_connections needs (two descriptors per tunnel)"
+        );
+    }
+}
+
 /// A proxy that is set up (trail open, `proxy.start` recorded, resolver built) but not yet serving.
 pub struct Running {
     proxy: Arc<Proxy>,

@@ -218,6 +218,7 @@ fn serve(
             return ExitCode::FAILURE;
         }
     };
+    app::raise_fd_limit(config.limits.max_connections);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
