@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use support::client::{self, connect, get};
 use support::origin::Origin;
-use support::process::{BIN, KillOnDrop, free_port, wait_listening};
+use support::process::{BIN, KillOnDrop, free_port, serve_command, wait_listening};
 use support::proxy::TestProxy;
 use tokio::io::AsyncWriteExt;
 
@@ -229,14 +229,7 @@ async fn sigkill_under_load_leaves_a_verifiable_trail_covering_everything_that_w
     .unwrap();
     let port = free_port();
     let child = KillOnDrop(
-        Command::new(BIN)
-            .args([
-                "serve",
-                "--config",
-                policy.to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
+        serve_command(&policy, port)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -319,14 +312,7 @@ async fn secrets_never_reach_the_trail_or_the_logs() {
     let port = free_port();
     let log = dir.path().join("stderr.log");
     let child = KillOnDrop(
-        Command::new(BIN)
-            .args([
-                "serve",
-                "--config",
-                policy.to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
+        serve_command(&policy, port)
             .env("EGRESS_GATE_LOG", "trace")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use support::origin::Origin;
-use support::process::{BIN, KillOnDrop, free_port, wait_listening_blocking};
+use support::process::{BIN, KillOnDrop, free_port, serve_command, wait_listening_blocking};
 
 fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -128,14 +128,7 @@ impl Served {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let child = KillOnDrop(
-            Command::new(BIN)
-                .args([
-                    "serve",
-                    "--config",
-                    policy.to_str().unwrap(),
-                    "--listen",
-                    &format!("127.0.0.1:{port}"),
-                ])
+            serve_command(policy, port)
                 .current_dir(dir.path())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())

@@ -297,15 +297,7 @@ mod tests {
         assert_eq!(relay.await.unwrap(), (7, 8));
     }
 
-    /// A connected loopback pair: (ours, the peer's end).
-    async fn tcp_pair() -> (TcpStream, TcpStream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (a, b) = tokio::join!(
-            TcpStream::connect(listener.local_addr().unwrap()),
-            listener.accept()
-        );
-        (a.unwrap(), b.unwrap().0)
-    }
+    use super::tcp::tests::tcp_pair;
 
     #[tokio::test]
     async fn tcp_relay_sends_early_bytes_first_and_propagates_half_close() {

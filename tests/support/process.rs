@@ -8,6 +8,22 @@ use std::time::Duration;
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_egress-gate");
 
+/// `egress-gate serve --config POLICY --listen 127.0.0.1:PORT` with stdout and stderr discarded
+/// (callers may redirect them again).
+pub fn serve_command(policy: &std::path::Path, port: u16) -> std::process::Command {
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--config",
+        policy.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    cmd
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

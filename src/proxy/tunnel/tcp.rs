@@ -218,11 +218,12 @@ impl Activity {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    async fn tcp_pair() -> (TcpStream, TcpStream) {
+    /// A connected loopback pair: (ours, the peer's end). Shared with the tunnel's tests.
+    pub(in crate::proxy::tunnel) async fn tcp_pair() -> (TcpStream, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (a, b) = tokio::join!(
             TcpStream::connect(listener.local_addr().unwrap()),
