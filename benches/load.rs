@@ -101,6 +101,23 @@ fn main() {
         rt.block_on(echo_origin());
         return;
     }
+    if args.iter().any(|a| a == "__http_origin") {
+        // For profiling by hand: the HTTP origin alone, its address on stdout.
+        pin_to(LOAD_CPU);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let http = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            println!("{}", http.local_addr().expect("address"));
+            accept_loop(http, |s| async move {
+                let _ = serve_http(s).await;
+            })
+            .await;
+        });
+        return;
+    }
     if let Some(i) = args.iter().position(|a| a == "__relay") {
         let listen: SocketAddr = args[i + 1].parse().expect("relay listen address");
         let rt = tokio::runtime::Runtime::new().expect("runtime");

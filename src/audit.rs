@@ -8,6 +8,7 @@
 //! sees header values.
 
 pub mod chain;
+mod queue;
 pub mod record;
 pub mod redact;
 pub mod verify;
@@ -16,16 +17,17 @@ mod writer;
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::oneshot;
 
 pub use chain::ChainKey;
+pub use queue::LAZY_DELAY;
 pub use record::Record;
 pub use writer::{OpenError, SYNC_INTERVAL};
 
 use crate::config::{AuditConfig, AuditPath, FsyncMode};
+use queue::{Queue, Refused};
 use writer::{Target, Writer};
 
 /// How many records may wait for the writer before new ones are refused (fail closed, 503).
@@ -62,8 +64,11 @@ type Ack = oneshot::Sender<Result<(), AuditError>>;
 /// The bytes of an in-memory trail.
 pub type MemoryTrail = Arc<std::sync::Mutex<Vec<u8>>>;
 
+// Jobs sit inline in the queue's vector, so a record costs no allocation of its own; the rare
+// small variants wasting space there does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Job {
-    Write(Box<Record>, Option<Ack>),
+    Write(Record, Option<Ack>),
     Flush(Ack),
     /// SIGUSR1: reopen the path (external log rotation).
     Reopen,
@@ -74,8 +79,26 @@ enum Job {
 /// A handle to the audit trail; cheap to clone.
 #[derive(Clone)]
 pub struct Audit {
-    tx: SyncSender<Job>,
+    tx: Arc<Sender>,
     ids: Arc<IdGenerator>,
+}
+
+/// The queue's sending side; when the last handle drops, the writer drains and stops.
+struct Sender(Arc<Queue<Job>>);
+
+impl Sender {
+    fn send(&self, job: Job, urgent: bool) -> Result<(), AuditError> {
+        self.0.push(job, urgent).map_err(|refused| match refused {
+            Refused::Full => AuditError::Overloaded,
+            Refused::Closed => AuditError::Closed,
+        })
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// Waits for the writer thread to drain and exit once every [`Audit`] handle is gone.
@@ -148,13 +171,14 @@ impl Audit {
     ) -> Result<(Audit, WriterHandle), SetupError> {
         let sha = Arc::new(RwLock::new(Arc::from(policy_sha256)));
         let writer = Writer::open(target, key, fsync, sha)?;
-        let (tx, rx) = sync_channel(QUEUE_DEPTH);
+        let queue = Arc::new(Queue::new(QUEUE_DEPTH));
+        let rx = queue.clone();
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || writer.run(&rx))
             .map_err(SetupError::Thread)?;
         let audit = Audit {
-            tx,
+            tx: Arc::new(Sender(queue)),
             ids: Arc::new(IdGenerator::new()),
         };
         Ok((audit, WriterHandle { thread }))
@@ -168,41 +192,34 @@ impl Audit {
     /// Writes a record and waits until it is in the trail (and synced, per `[audit] fsync`).
     pub async fn commit(&self, record: Record) -> Result<(), AuditError> {
         let (ack, done) = oneshot::channel();
-        self.tx
-            .try_send(Job::Write(Box::new(record), Some(ack)))
-            .map_err(queue_error)?;
+        self.tx.send(Job::Write(record, Some(ack)), true)?;
         done.await.unwrap_or(Err(AuditError::Closed))
     }
 
-    /// Queues a record without waiting (where no task can wait, e.g. in `Drop`).
+    /// Queues a record without waiting, for records nothing has to wait for (the `net.req`
+    /// that closes an exchange, also from `Drop`). It is written with the next batch, at most
+    /// [`LAZY_DELAY`] later; a failure to write it is logged by the writer.
     pub fn submit(&self, record: Record) {
-        if let Err(e) = self.tx.try_send(Job::Write(Box::new(record), None)) {
-            tracing::error!(error = %queue_error(e), "audit record lost");
+        if let Err(e) = self.tx.send(Job::Write(record, None), false) {
+            tracing::error!(error = %e, "audit record lost");
         }
     }
 
     /// Waits until everything queued so far is written and synced.
     pub async fn flush(&self) -> Result<(), AuditError> {
         let (ack, done) = oneshot::channel();
-        self.tx.try_send(Job::Flush(ack)).map_err(queue_error)?;
+        self.tx.send(Job::Flush(ack), true)?;
         done.await.unwrap_or(Err(AuditError::Closed))
     }
 
     /// Reopens the trail path (after an external tool moved the file away).
     pub fn reopen(&self) {
-        let _ = self.tx.try_send(Job::Reopen);
+        let _ = self.tx.send(Job::Reopen, true);
     }
 
     /// Records the writer makes itself will carry this policy hash from now on.
     pub fn set_policy(&self, sha256: &str) {
-        let _ = self.tx.try_send(Job::SetPolicy(Arc::from(sha256)));
-    }
-}
-
-fn queue_error<T>(e: TrySendError<T>) -> AuditError {
-    match e {
-        TrySendError::Full(_) => AuditError::Overloaded,
-        TrySendError::Disconnected(_) => AuditError::Closed,
+        let _ = self.tx.send(Job::SetPolicy(Arc::from(sha256)), true);
     }
 }
 

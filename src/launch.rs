@@ -288,7 +288,7 @@ struct ExecRecord {
     plugin: String,
     argv0: String,
     pid: u32,
-    policy_sha256: String,
+    policy_sha256: Arc<str>,
 }
 
 impl ExecRecord {

@@ -10,6 +10,11 @@ use clap::{Parser, Subcommand};
 use egress_gate::config::{self, Config, LoadError};
 use egress_gate::{app, launch, policy::Policy};
 
+/// mimalloc instead of the system allocator: per-request allocation and freeing across the
+/// runtime's threads cost about a third less CPU with it (see the README's Performance section).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "egress-gate",

@@ -27,7 +27,7 @@ pub type RuleId = Arc<str>;
 #[derive(Debug)]
 pub struct Policy {
     /// SHA-256 of the policy file, stamped on every audit record.
-    pub sha256: String,
+    pub sha256: Arc<str>,
     pub mode: Mode,
     private_ip_mode: PrivateIpMode,
     global: RuleSet,
@@ -136,7 +136,7 @@ impl Policy {
             })
             .collect();
         Policy {
-            sha256: config.sha256.clone(),
+            sha256: config.sha256.as_str().into(),
             mode: config.policy.mode,
             private_ip_mode: config.policy.private_ip_mode,
             global: RuleSet::compile(&config.policy.allow, &config.policy.deny),

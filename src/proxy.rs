@@ -165,19 +165,19 @@ impl Proxy {
             .await
         {
             Ok(resolved) => {
-                ex.resolved = resolved.ips();
+                ex.resolved = resolved.ips().into();
                 // Only when the rules allowed the name: a literal's deny was reported already.
                 if let (Some(rule), Outcome::Allow { .. }) =
                     (&resolved.reported_rule, &decision.outcome)
                 {
                     let record =
-                        ex.violation(policy, "deny_rule", Some(rule), ex.resolved.clone(), false);
+                        ex.violation(policy, "deny_rule", Some(rule), ex.resolved.to_vec(), false);
                     self.audit.commit(record).await.map_err(ProxyError::Audit)?;
                 }
                 Ok(resolved)
             }
             Err(EgressError::Denied { denial, resolved }) => {
-                ex.resolved = resolved;
+                ex.resolved = resolved.into();
                 ex.rule = denial.rule.clone();
                 Err(ProxyError::Denied {
                     reason: denial.reason,

@@ -135,7 +135,7 @@ impl Supervisor {
                     ts: record::now(),
                     event: record::POLICY_RELOAD,
                     path: self.path.display().to_string(),
-                    old_sha256: old.sha256.clone(),
+                    old_sha256: old.sha256.to_string(),
                     policy_sha256: new.sha256.clone(),
                 });
                 tracing::info!(trigger, old = %old.sha256, new = %new.sha256, "policy reloaded");

@@ -87,25 +87,35 @@ impl Chain {
     /// Seals a serialised record (a JSON object, `{…}`) into its line, newline included, and
     /// advances the chain. Appends to `out` so a batch is built in one buffer.
     pub fn seal(&mut self, record: &[u8], out: &mut Vec<u8>) {
-        debug_assert!(record.ends_with(b"}") && record.len() > 2);
         let start = out.len();
-        out.extend_from_slice(&record[..record.len() - 1]);
-        out.extend_from_slice(
-            format!(
-                ",\"seq\":{},\"prev\":\"{}\"}}",
-                self.next_seq,
-                hex::encode(self.head)
-            )
-            .as_bytes(),
-        );
+        out.extend_from_slice(record);
+        self.seal_in_place(out, start);
+    }
+
+    /// Seals the record serialised at `out[start..]` where it lies: no copy of the record.
+    pub fn seal_in_place(&mut self, out: &mut Vec<u8>, start: usize) {
+        debug_assert!(out[start..].ends_with(b"}") && out.len() - start > 2);
+        out.pop();
+        out.extend_from_slice(b",\"seq\":");
+        out.extend_from_slice(itoa::Buffer::new().format(self.next_seq).as_bytes());
+        out.extend_from_slice(b",\"prev\":\"");
+        push_hex(out, &self.head);
+        out.extend_from_slice(b"\"}");
         let hash = self.key.digest(&out[start..]);
         out.pop();
         out.extend_from_slice(b",\"hash\":\"");
-        out.extend_from_slice(hex::encode(hash).as_bytes());
+        push_hex(out, &hash);
         out.extend_from_slice(b"\"}\n");
         self.next_seq += 1;
         self.head = hash;
     }
+}
+
+/// Appends the lower-case hex of a digest.
+fn push_hex(out: &mut Vec<u8>, digest: &[u8; 32]) {
+    let mut hex = [0u8; 64];
+    hex::encode_to_slice(digest, &mut hex).expect("64 hex digits for 32 bytes");
+    out.extend_from_slice(&hex);
 }
 
 /// A line split into its canonical bytes and claimed hash; `None` if it lacks the hash member.

@@ -2,6 +2,7 @@
 //! Fields hold only what is safe to keep: no header values, no userinfo, redacted query strings.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -30,11 +31,11 @@ pub struct NetOpen {
     #[serde(flatten)]
     pub request: RequestInfo,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    pub resolved: Vec<IpAddr>,
+    pub path: Option<Arc<str>>,
+    pub resolved: Arc<[IpAddr]>,
     pub decision: &'static str,
-    pub rule: Option<String>,
-    pub policy_sha256: String,
+    pub rule: Option<Arc<str>>,
+    pub policy_sha256: Arc<str>,
 }
 
 /// First record of every trail file: why the file starts, and which chain it uses.
@@ -48,7 +49,7 @@ pub struct TrailOpen {
     pub chain: &'static str,
     /// Bytes of a torn final line cut off when resuming after a crash.
     pub torn_bytes: u64,
-    pub policy_sha256: String,
+    pub policy_sha256: Arc<str>,
 }
 
 /// The policy the proxy starts with.
@@ -57,7 +58,7 @@ pub struct PolicyLoad {
     pub ts: String,
     pub event: &'static str,
     pub path: String,
-    pub policy_sha256: String,
+    pub policy_sha256: Arc<str>,
 }
 
 /// A valid policy swapped in on SIGHUP (or on drift with `on_drift = "reload"`).
@@ -67,7 +68,7 @@ pub struct PolicyReload {
     pub event: &'static str,
     pub path: String,
     pub old_sha256: String,
-    pub policy_sha256: String,
+    pub policy_sha256: Arc<str>,
 }
 
 /// A reload refused because the new file is invalid; the old policy stays in force.
@@ -80,7 +81,7 @@ pub struct PolicyReloadFailed {
     pub errors: Vec<String>,
     /// SHA-256 of the refused file's bytes, when it could be read.
     pub rejected_sha256: Option<String>,
-    pub policy_sha256: String,
+    pub policy_sha256: Arc<str>,
 }
 
 /// The policy file changed on disk without a reload.
@@ -93,18 +94,24 @@ pub struct PolicyDrift {
     pub found_sha256: Option<String>,
     /// `halt` or `reload`.
     pub action: &'static str,
-    pub policy_sha256: String,
+    pub policy_sha256: Arc<str>,
 }
 
-/// Who asked for what: the fields every per-request record shares.
+/// Who asked for what: the fields every per-request record shares. Shared (`Arc`) so the
+/// records of one request cost no copies of them.
 #[derive(Debug, Clone, Serialize)]
 pub struct RequestInfo {
-    pub audit_id: String,
-    pub plugin: Option<String>,
+    pub audit_id: Arc<str>,
+    pub plugin: Option<Arc<str>>,
     pub client: SocketAddr,
-    pub method: String,
-    pub host: String,
+    #[serde(serialize_with = "method_str")]
+    pub method: http::Method,
+    pub host: Arc<str>,
     pub port: u16,
+}
+
+fn method_str<S: serde::Serializer>(method: &http::Method, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(method.as_str())
 }
 
 /// One request through the proxy: what was asked, what was decided, what was dialed, and how much
@@ -117,14 +124,14 @@ pub struct NetReq {
     pub request: RequestInfo,
     /// Plain-HTTP only: the path with secret-looking query values redacted.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    pub resolved: Vec<IpAddr>,
+    pub path: Option<Arc<str>>,
+    pub resolved: Arc<[IpAddr]>,
     pub connected: Option<SocketAddr>,
     pub decision: &'static str,
-    pub rule: Option<String>,
+    pub rule: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
-    pub policy_sha256: String,
+    pub policy_sha256: Arc<str>,
     pub status: u16,
     pub bytes_up: u64,
     pub bytes_down: u64,
@@ -139,13 +146,13 @@ pub struct Violation {
     #[serde(flatten)]
     pub request: RequestInfo,
     pub reason: &'static str,
-    pub rule: Option<String>,
+    pub rule: Option<Arc<str>>,
     /// The offending addresses for `non_public_address`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<IpAddr>,
     /// False when report mode let the request through.
     pub enforced: bool,
-    pub policy_sha256: String,
+    pub policy_sha256: Arc<str>,
 }
 
 /// The proxy started serving under a policy.
@@ -154,7 +161,7 @@ pub struct ProxyStart {
     pub ts: String,
     pub event: &'static str,
     pub policy_path: String,
-    pub policy_sha256: String,
+    pub policy_sha256: Arc<str>,
     pub listen: Vec<SocketAddr>,
     pub version: &'static str,
 }
@@ -174,7 +181,7 @@ pub struct ToolExec {
     /// Exit code, or 128 + signal number when killed; only on "exit".
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<i32>,
-    pub policy_sha256: String,
+    pub policy_sha256: Arc<str>,
 }
 
 pub const NET_REQ: &str = "net.req";

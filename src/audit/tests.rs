@@ -21,7 +21,7 @@ fn rec(n: usize) -> Record {
         ts: record::now(),
         event: record::POLICY_LOAD,
         path: format!("p{n}.toml"),
-        policy_sha256: "ab".repeat(32),
+        policy_sha256: "ab".repeat(32).into(),
     })
 }
 

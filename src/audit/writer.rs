@@ -11,19 +11,17 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use super::chain::{Chain, ChainKey, GENESIS, split_sealed};
+use super::queue::{Queue, Taken};
 use super::record::{self, Record, TrailOpen};
 use super::{Ack, AuditError, Job, MemoryTrail};
 use crate::config::FsyncMode;
 
 /// How often `fsync = "interval"` syncs.
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
-/// Most jobs taken into one batch.
-const MAX_BATCH: usize = 4096;
 /// Largest tail read back when resuming an existing trail.
 const TAIL_WINDOW: u64 = 1 << 20;
 
@@ -121,38 +119,30 @@ impl Writer {
                 .policy_sha256
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
-                .to_string(),
+                .clone(),
         }
     }
 
     /// Runs until every sender is gone, then syncs what is pending.
-    pub(super) fn run(mut self, rx: Receiver<Job>) {
+    pub(super) fn run(mut self, queue: &Queue<Job>) {
+        let mut jobs: Vec<Job> = Vec::new();
         let mut acks: Vec<Ack> = Vec::new();
         let mut records: Vec<Record> = Vec::new();
         loop {
-            let first = if self.unsynced {
-                let wait = SYNC_INTERVAL.saturating_sub(self.last_sync.elapsed());
-                match rx.recv_timeout(wait) {
-                    Ok(job) => job,
-                    Err(RecvTimeoutError::Timeout) => {
-                        self.sync();
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => break,
+            let deadline = self.unsynced.then(|| self.last_sync + SYNC_INTERVAL);
+            match queue.take(deadline, &mut jobs) {
+                Taken::Jobs => {}
+                Taken::Timeout => {
+                    self.sync();
+                    continue;
                 }
-            } else {
-                match rx.recv() {
-                    Ok(job) => job,
-                    Err(_) => break,
-                }
-            };
+                Taken::Closed => break,
+            }
             let mut flush = false;
-            let mut next = Some(first);
-            let mut taken = 0;
-            while let Some(job) = next.take() {
+            for job in jobs.drain(..) {
                 match job {
                     Job::Write(record, ack) => {
-                        records.push(*record);
+                        records.push(record);
                         acks.extend(ack);
                     }
                     Job::Flush(ack) => {
@@ -166,10 +156,6 @@ impl Writer {
                             .write()
                             .unwrap_or_else(|e| e.into_inner()) = sha;
                     }
-                }
-                taken += 1;
-                if taken < MAX_BATCH {
-                    next = rx.try_recv().ok();
                 }
             }
             let result = self.write_batch(&records, flush);
@@ -343,8 +329,9 @@ impl Writer {
 }
 
 fn seal(chain: &mut Chain, record: &Record, out: &mut Vec<u8>) {
-    let bytes = serde_json::to_vec(record).expect("audit records always serialise");
-    chain.seal(&bytes, out);
+    let start = out.len();
+    serde_json::to_writer(&mut *out, record).expect("audit records always serialise");
+    chain.seal_in_place(out, start);
 }
 
 fn open_for_append(path: &Path) -> io::Result<OpenFile> {

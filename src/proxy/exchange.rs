@@ -18,16 +18,16 @@ const MAX_RAW_HOST: usize = 300;
 /// One request's audit context.
 #[derive(Debug, Clone)]
 pub(super) struct Exchange {
-    pub audit_id: String,
+    pub audit_id: Arc<str>,
     pub started: Instant,
     pub plugin: Option<Arc<str>>,
     pub client: SocketAddr,
-    pub method: String,
+    pub method: Method,
     /// The normalised host once parsed; before that, the raw authority (truncated).
-    pub host: String,
+    pub host: Arc<str>,
     pub port: u16,
-    pub path: Option<String>,
-    pub resolved: Vec<IpAddr>,
+    pub path: Option<Arc<str>>,
+    pub resolved: Arc<[IpAddr]>,
     pub connected: Option<SocketAddr>,
     pub rule: Option<RuleId>,
 }
@@ -48,31 +48,34 @@ impl Exchange {
             .take(MAX_RAW_HOST)
             .collect();
         Exchange {
-            audit_id,
+            audit_id: audit_id.into(),
             started,
             plugin: conn.plugin.clone(),
             client: conn.client,
-            method: req.method().as_str().to_string(),
+            method: req.method().clone(),
             // Userinfo never reaches a record, even from a request refused for carrying it.
             host: match raw_host.rsplit_once('@') {
-                Some((_, host)) => host.to_string(),
-                None => raw_host,
+                Some((_, host)) => host.into(),
+                None => raw_host.into(),
             },
             port: 0,
             path: None,
-            resolved: Vec::new(),
+            resolved: Arc::from([]),
             connected: None,
             rule: None,
         }
     }
 
     pub fn set_target<B>(&mut self, target: &Target, req: &Request<B>) {
-        self.host = target.host.to_string();
+        self.host = target.host.to_string().into();
         self.port = target.port;
         if req.method() != Method::CONNECT {
-            self.path = Some(redact::redact_path_and_query(
-                req.uri().path_and_query().map_or("/", |p| p.as_str()),
-            ));
+            self.path = Some(
+                redact::redact_path_and_query(
+                    req.uri().path_and_query().map_or("/", |p| p.as_str()),
+                )
+                .into(),
+            );
         }
     }
 
@@ -93,7 +96,7 @@ impl Exchange {
             resolved: self.resolved.clone(),
             connected: self.connected,
             decision,
-            rule: self.rule.as_deref().map(str::to_string),
+            rule: self.rule.clone(),
             reason,
             policy_sha256: policy.sha256.clone(),
             status,
@@ -106,7 +109,7 @@ impl Exchange {
     fn request_info(&self) -> RequestInfo {
         RequestInfo {
             audit_id: self.audit_id.clone(),
-            plugin: self.plugin.as_deref().map(str::to_string),
+            plugin: self.plugin.clone(),
             client: self.client,
             method: self.method.clone(),
             host: self.host.clone(),
@@ -123,7 +126,7 @@ impl Exchange {
             path: self.path.clone(),
             resolved: self.resolved.clone(),
             decision: "allow",
-            rule: self.rule.as_deref().map(str::to_string),
+            rule: self.rule.clone(),
             policy_sha256: policy.sha256.clone(),
         })
     }
@@ -141,7 +144,7 @@ impl Exchange {
             event: record::POLICY_VIOLATION,
             request: self.request_info(),
             reason,
-            rule: rule.map(|r| r.to_string()),
+            rule: rule.cloned(),
             addresses,
             enforced,
             policy_sha256: policy.sha256.clone(),
