@@ -185,7 +185,7 @@ impl Audit {
     }
 
     /// A fresh, unique audit id.
-    pub fn next_id(&self) -> String {
+    pub fn next_id(&self) -> Arc<str> {
         self.ids.next()
     }
 
@@ -247,9 +247,16 @@ impl IdGenerator {
         }
     }
 
-    fn next(&self) -> String {
+    fn next(&self) -> Arc<str> {
+        use std::io::Write;
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!("{:08x}-{:010x}", self.prefix, n)
+        if n >= 1 << 40 {
+            // Past ten hex digits the id only grows longer; it stays unique.
+            return Arc::from(format!("{:08x}-{:010x}", self.prefix, n));
+        }
+        let mut id = [0u8; 19];
+        write!(&mut id[..], "{:08x}-{:010x}", self.prefix, n).expect("19 bytes hold the id");
+        Arc::from(std::str::from_utf8(&id).expect("hex digits are ASCII"))
     }
 }
 

@@ -234,7 +234,7 @@ async fn embedded(
         .map_err(LaunchError::Proxy)?;
     let audit = running.audit().clone();
     let exec = ExecRecord {
-        audit_id: audit.next_id(),
+        audit_id: audit.next_id().to_string(),
         plugin: options.plugin.clone(),
         argv0: argv0(&options.command),
         pid: sandbox.pid(),

@@ -26,7 +26,7 @@ pub enum Record {
 /// upstream connection is opened. The request's `net.req` (same `audit_id`) closes it.
 #[derive(Debug, Clone, Serialize)]
 pub struct NetOpen {
-    pub ts: String,
+    pub ts: Timestamp,
     pub event: &'static str,
     #[serde(flatten)]
     pub request: RequestInfo,
@@ -41,7 +41,7 @@ pub struct NetOpen {
 /// First record of every trail file: why the file starts, and which chain it uses.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrailOpen {
-    pub ts: String,
+    pub ts: Timestamp,
     pub event: &'static str,
     /// `start`, `rotate`, `reopen` (SIGUSR1) or `recreated` (the file was removed).
     pub reason: &'static str,
@@ -55,7 +55,7 @@ pub struct TrailOpen {
 /// The policy the proxy starts with.
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicyLoad {
-    pub ts: String,
+    pub ts: Timestamp,
     pub event: &'static str,
     pub path: String,
     pub policy_sha256: Arc<str>,
@@ -64,7 +64,7 @@ pub struct PolicyLoad {
 /// A valid policy swapped in on SIGHUP (or on drift with `on_drift = "reload"`).
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicyReload {
-    pub ts: String,
+    pub ts: Timestamp,
     pub event: &'static str,
     pub path: String,
     pub old_sha256: String,
@@ -74,7 +74,7 @@ pub struct PolicyReload {
 /// A reload refused because the new file is invalid; the old policy stays in force.
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicyReloadFailed {
-    pub ts: String,
+    pub ts: Timestamp,
     pub event: &'static str,
     pub path: String,
     /// The first diagnostics, `FILE:LINE:COL: key: message`.
@@ -87,7 +87,7 @@ pub struct PolicyReloadFailed {
 /// The policy file changed on disk without a reload.
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicyDrift {
-    pub ts: String,
+    pub ts: Timestamp,
     pub event: &'static str,
     pub path: String,
     /// SHA-256 of the file now (None when it is gone or unreadable).
@@ -118,7 +118,7 @@ fn method_str<S: serde::Serializer>(method: &http::Method, s: S) -> Result<S::Ok
 /// moved. Written once the exchange is over (or refused).
 #[derive(Debug, Clone, Serialize)]
 pub struct NetReq {
-    pub ts: String,
+    pub ts: Timestamp,
     pub event: &'static str,
     #[serde(flatten)]
     pub request: RequestInfo,
@@ -141,7 +141,7 @@ pub struct NetReq {
 /// A denial (or, in report mode, what would have been one).
 #[derive(Debug, Clone, Serialize)]
 pub struct Violation {
-    pub ts: String,
+    pub ts: Timestamp,
     pub event: &'static str,
     #[serde(flatten)]
     pub request: RequestInfo,
@@ -158,7 +158,7 @@ pub struct Violation {
 /// The proxy started serving under a policy.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProxyStart {
-    pub ts: String,
+    pub ts: Timestamp,
     pub event: &'static str,
     pub policy_path: String,
     pub policy_sha256: Arc<str>,
@@ -170,7 +170,7 @@ pub struct ProxyStart {
 /// `audit_id`; the plugin's `net.req` records carry the same `plugin` name.
 #[derive(Debug, Clone, Serialize)]
 pub struct ToolExec {
-    pub ts: String,
+    pub ts: Timestamp,
     pub audit_id: String,
     pub event: &'static str,
     pub plugin: String,
@@ -195,7 +195,18 @@ pub const TOOL_EXEC: &str = "tool.exec";
 pub const POLICY_VIOLATION: &str = "policy.violation";
 pub const PROXY_START: &str = "proxy.start";
 
-/// The current time as RFC 3339 UTC with milliseconds.
-pub fn now() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+/// When a record was made; written as RFC 3339 UTC with milliseconds. Kept as a clock reading
+/// until the writer serialises it, so making a record formats nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct Timestamp(std::time::SystemTime);
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_millis(self.0))
+    }
+}
+
+/// The current time.
+pub fn now() -> Timestamp {
+    Timestamp(std::time::SystemTime::now())
 }

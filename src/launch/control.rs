@@ -337,7 +337,7 @@ async fn handle(conn: OwnedFd, daemon: &Daemon) -> io::Result<()> {
     };
     let exec = ToolExec {
         ts: record::now(),
-        audit_id: daemon.audit.next_id(),
+        audit_id: daemon.audit.next_id().to_string(),
         event: record::TOOL_EXEC,
         plugin: plugin.clone(),
         phase: "start",

@@ -34,7 +34,7 @@ pub(super) struct Exchange {
 
 impl Exchange {
     pub fn new<B>(
-        audit_id: String,
+        audit_id: Arc<str>,
         conn: &ConnInfo,
         req: &Request<B>,
         started: Instant,
@@ -48,7 +48,7 @@ impl Exchange {
             .take(MAX_RAW_HOST)
             .collect();
         Exchange {
-            audit_id: audit_id.into(),
+            audit_id,
             started,
             plugin: conn.plugin.clone(),
             client: conn.client,

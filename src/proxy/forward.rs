@@ -34,7 +34,7 @@ pub(super) async fn send(
     resolved: Resolved,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
-    let host: Arc<str> = Arc::from(host_header_value(target));
+    let host = host_header_value(target, &ex.host);
     check_host_header(req.headers(), target, &host)?;
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -147,12 +147,14 @@ fn check_host_header(
     }
 }
 
-/// `host` or `host:port` when the port is not 80.
-fn host_header_value(target: &Target) -> String {
+/// `host` or `host:port` when the port is not 80; `name` is the target's host as recorded
+/// (`Exchange::host`), shared rather than formatted again.
+fn host_header_value(target: &Target, name: &Arc<str>) -> Arc<str> {
+    debug_assert_eq!(**name, target.host.to_string());
     if target.port == 80 {
-        target.host.to_string()
+        name.clone()
     } else {
-        target.to_string()
+        Arc::from(format!("{name}:{}", target.port))
     }
 }
 
@@ -368,7 +370,7 @@ mod tests {
             host: target::Host::Name("example.com".into()),
             port: 80,
         };
-        let expected = host_header_value(&target);
+        let expected = host_header_value(&target, &Arc::from("example.com"));
         let check = |h: &HeaderMap| check_host_header(h, &target, &expected);
         let mut h = HeaderMap::new();
         assert!(check(&h).is_ok());
