@@ -11,14 +11,13 @@
 //! This module must never start a plugin it could not sandbox: every failure before `exec`
 //! refuses the launch with a message naming the cause and the remedy (there is no
 //! environment-variable-only fallback). Namespaces are created before any thread or async
-//! runtime exists, and all `unsafe` code lives in `launch::sys`.
+//! runtime exists, and all `unsafe` code lives in `crate::sys`.
 
 mod channel;
 pub mod control;
 mod diagnose;
 mod sandbox;
 mod supervise;
-mod sys;
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fmt;

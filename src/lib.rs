@@ -1,5 +1,5 @@
 //! egress-gate: an egress-enforcing HTTP(S) forward proxy.
-// `deny`, not `forbid`: `launch::sys` alone allows unsafe code for its system calls.
+// `deny`, not `forbid`: `sys` alone allows unsafe code for its system calls.
 #![deny(unsafe_code)]
 
 pub mod addr;
@@ -11,4 +11,5 @@ pub mod launch;
 pub mod policy;
 pub mod proxy;
 pub mod server;
+mod sys;
 pub mod target;

@@ -268,3 +268,30 @@ async fn group_commit_acknowledges_every_waiter() {
     let s = verify::verify_bytes(&bytes, &ChainKey::none()).unwrap();
     assert_eq!(s.records, 201);
 }
+
+#[tokio::test]
+async fn the_writer_thread_does_not_preempt_request_tasks() {
+    let (audit, writer, _trail) = Audit::in_memory().unwrap();
+    // Once a flush is answered, the writer has set its own scheduling policy.
+    audit.flush().await.unwrap();
+    let policy_of = |task: &std::path::Path| -> Option<String> {
+        let sched = std::fs::read_to_string(task.join("sched")).ok()?;
+        let line = sched.lines().find(|l| l.starts_with("policy"))?;
+        Some(line.rsplit(':').next()?.trim().to_string())
+    };
+    let writers: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| t.ok().map(|t| t.path()))
+        .filter(|t| {
+            std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim() == "audit-writer")
+        })
+        .filter_map(|t| policy_of(&t))
+        .collect();
+    // Other tests' writers may be starting right now; ours is settled and must be SCHED_BATCH.
+    assert!(
+        writers.iter().any(|p| p == &libc::SCHED_BATCH.to_string()),
+        "no audit-writer thread under SCHED_BATCH: {writers:?}"
+    );
+    drop(audit);
+    writer.join();
+}

@@ -89,7 +89,7 @@ impl AsyncChannel {
     pub fn new(fd: OwnedFd) -> io::Result<AsyncChannel> {
         rustix::io::ioctl_fionbio(&fd, true)?;
         Ok(AsyncChannel {
-            fd: super::sys::async_fd(fd, Interest::READABLE | Interest::WRITABLE)?,
+            fd: crate::sys::async_fd(fd, Interest::READABLE | Interest::WRITABLE)?,
         })
     }
 

@@ -35,12 +35,12 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::channel::{AsyncChannel, Channel};
 use super::diagnose::Diagnosis;
-use super::sys;
 use crate::app::Running;
 use crate::audit::Audit;
 use crate::audit::record::{self, Record, ToolExec};
 use crate::proxy::Proxy;
 use crate::server::Listener;
+use crate::sys;
 
 /// How long the daemon waits for a launcher's next setup message.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);

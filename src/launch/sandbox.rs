@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use super::channel::Channel;
 use super::diagnose::{self, Diagnosis};
 use super::supervise::{self, Outcome};
-use super::sys::{self, Forked};
 use super::{LaunchError, proxy_env};
+use crate::sys::{self, Forked};
 
 /// How long the parent waits for the child to build the sandbox.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);

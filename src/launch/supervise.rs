@@ -75,7 +75,7 @@ pub async fn wait(
     mut signals: Signals,
     stop: CancellationToken,
 ) -> io::Result<Outcome> {
-    let exited = super::sys::async_fd(pidfd, Interest::READABLE)?;
+    let exited = crate::sys::async_fd(pidfd, Interest::READABLE)?;
     let pidfd = exited.get_ref();
     let mut deadline: Option<tokio::time::Instant> = None;
     loop {

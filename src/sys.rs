@@ -1,6 +1,7 @@
-//! The launcher's raw system calls — the only `unsafe` code in the crate.
+//! Raw system calls that no well-kept crate wraps safely — the only `unsafe` code in the crate.
+//! Nearly all of them are the launcher's; the audit writer uses one.
 //!
-//! Each function wraps one operation behind a safe signature, so the rest of the launcher never
+//! Each function wraps one operation behind a safe signature, so the rest of the crate never
 //! handles a raw pointer. Everything else (namespaces' uid maps, mounts, prctl, descriptor
 //! passing, pidfds) goes through `rustix`'s safe wrappers. This module must never grow logic:
 //! it performs a call and reports `errno`, nothing more.
@@ -17,6 +18,19 @@ use rustix::thread::UnshareFlags;
 pub enum Forked {
     Child,
     Parent(rustix::process::Pid),
+}
+
+/// Puts the calling thread under `SCHED_BATCH` (its nice value is kept): when it wakes up it no
+/// longer preempts the thread that is running, and waits for that thread to block or for the
+/// next scheduler tick instead.
+pub fn batch_scheduling_for_current_thread() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid `sched_param` that outlives the call; pid 0 names the calling
+    // thread, and SCHED_BATCH with static priority 0 needs no privilege.
+    match unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
 }
 
 /// How many threads this process has right now.
