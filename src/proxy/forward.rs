@@ -6,7 +6,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -45,12 +45,12 @@ pub(super) async fn send(
     parts.uri = origin_form(&parts.uri);
     parts.version = Version::HTTP_11;
     // Most forwarded requests have no body: nothing to count, nothing to allocate.
-    let bytes_up = (!body.is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
+    let bytes_up = (!body.is_end_stream()).then(|| Arc::new(UpStats::default()));
     let upstream_req = Request::from_parts(
         parts,
         UpBody {
             inner: body,
-            counter: bytes_up.clone(),
+            stats: bytes_up.clone(),
         },
     );
 
@@ -60,7 +60,15 @@ pub(super) async fn send(
         tokio::time::timeout(proxy.limits.idle_timeout, sender.send_request(upstream_req))
             .await
             .map_err(|_| ProxyError::UpstreamTimeout)?
-            .map_err(|e| ProxyError::Upstream(format!("upstream request failed: {e}")))?;
+            .map_err(|e| match &bytes_up {
+                // The client's own body broke the exchange: its fault, not the origin's.
+                Some(stats) if stats.client_failed.load(Ordering::Relaxed) => {
+                    ProxyError::ClientBody(format!(
+                        "the request body is malformed or ended early: {e}"
+                    ))
+                }
+                _ => ProxyError::Upstream(format!("upstream request failed: {e}")),
+            })?;
 
     let (mut parts, body) = response.into_parts();
     let reusable = !connection_close(&parts.headers);
@@ -224,7 +232,15 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub(crate) struct UpBody {
     inner: Incoming,
     /// `None` for a request without a body.
-    counter: Option<Arc<AtomicU64>>,
+    stats: Option<Arc<UpStats>>,
+}
+
+/// What the proxy learns about a request body while relaying it.
+#[derive(Default)]
+struct UpStats {
+    bytes: AtomicU64,
+    /// Reading the client's body failed (bad chunked framing, connection lost mid-body).
+    client_failed: AtomicBool,
 }
 
 impl HttpBody for UpBody {
@@ -236,11 +252,16 @@ impl HttpBody for UpBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let poll = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &poll
-            && let Some(data) = frame.data_ref()
-            && let Some(counter) = &self.counter
-        {
-            counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+        if let Some(stats) = &self.stats {
+            match &poll {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        stats.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => stats.client_failed.store(true, Ordering::Relaxed),
+                _ => {}
+            }
         }
         poll
     }
@@ -260,7 +281,7 @@ struct Finish {
     policy: Arc<Policy>,
     exchange: Exchange,
     status: u16,
-    bytes_up: Option<Arc<AtomicU64>>,
+    bytes_up: Option<Arc<UpStats>>,
 }
 
 /// The upstream response body on its way to the client: counts bytes, returns the connection to
@@ -280,7 +301,7 @@ impl DownBody {
             pool.checkin(key, sender);
         }
         if let Some(f) = self.finish.take() {
-            let up = f.bytes_up.map_or(0, |b| b.load(Ordering::Relaxed));
+            let up = f.bytes_up.map_or(0, |b| b.bytes.load(Ordering::Relaxed));
             let record =
                 f.exchange
                     .net_req(&f.policy, "allow", None, f.status, up, self.bytes_down);

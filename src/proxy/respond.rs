@@ -44,6 +44,9 @@ pub enum ProxyError {
     Connect(String),
     Upstream(String),
     UpstreamTimeout,
+    /// The client's request body could not be decoded (bad chunked framing) or broke off; the
+    /// upstream request was abandoned unfinished.
+    ClientBody(String),
     /// The trail cannot record the request, so it does not happen.
     Audit(AuditError),
 }
@@ -51,7 +54,9 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::Target(_) | ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::Target(_) | ProxyError::BadRequest { .. } | ProxyError::ClientBody(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::ProxyAuth { .. } => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             ProxyError::Denied { .. } | ProxyError::UnknownPlugin => StatusCode::FORBIDDEN,
             ProxyError::Dns(_)
@@ -77,6 +82,7 @@ impl ProxyError {
             ProxyError::Connect(_) => "connect_failed",
             ProxyError::Upstream(_) => "upstream_error",
             ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::ClientBody(_) => "bad_request_body",
             ProxyError::Audit(_) => "audit_unavailable",
         }
     }
@@ -127,7 +133,9 @@ impl ProxyError {
             ProxyError::Dns(e) => e.clone(),
             ProxyError::ConnectTimeout => "upstream connect timed out".into(),
             ProxyError::ConnectRefused => "upstream refused the connection".into(),
-            ProxyError::Connect(e) | ProxyError::Upstream(e) => e.clone(),
+            ProxyError::Connect(e) | ProxyError::Upstream(e) | ProxyError::ClientBody(e) => {
+                e.clone()
+            }
             ProxyError::UpstreamTimeout => "upstream did not answer in time".into(),
             ProxyError::Audit(e) => e.to_string(),
         }
