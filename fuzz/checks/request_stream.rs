@@ -28,9 +28,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use egress_gate::addr::{self, Class};
-use egress_gate::audit::Audit;
 use egress_gate::audit::chain::ChainKey;
 use egress_gate::audit::verify::verify_bytes;
+use egress_gate::audit::{Audit, WriterHandle};
 use egress_gate::config::{self, Limits};
 use egress_gate::egress::{Egress, RecordingDialer};
 use egress_gate::policy::Policy;
@@ -210,9 +210,15 @@ pub fn observe(data: &[u8]) -> [Observed; 2] {
             .on_thread_unpark(move || *lock(&unparked) = None)
             .build()
             .expect("a runtime");
-        seen.push(runtime.block_on(conversation(data, setup, policy.clone(), &watch.hung)));
+        let (observed, writer) =
+            runtime.block_on(conversation(data, setup, policy.clone(), &watch.hung));
+        // Dropping the runtime drops every task still holding an audit handle; the writer
+        // thread then ends, and is joined so no thread outlives the input (LeakSanitizer would
+        // report its thread-local bookkeeping as a leak).
         drop(runtime);
+        writer.join();
         drop(watch);
+        seen.push(observed);
     }
     seen.try_into().expect("one per policy")
 }
@@ -327,7 +333,7 @@ async fn conversation(
     setup: &Setup,
     policy: Arc<Policy>,
     hung: &tokio::sync::Notify,
-) -> Observed {
+) -> (Observed, WriterHandle) {
     let limits = setup.limits.clone();
     let dialer = Arc::new(RecordingDialer::default());
     let egress = Egress::offline(
@@ -336,7 +342,7 @@ async fn conversation(
         limits.connect_timeout,
         vec![setup.own],
     );
-    let (audit, _writer, trail) = Audit::in_memory().expect("an in-memory trail");
+    let (audit, writer, trail) = Audit::in_memory().expect("an in-memory trail");
     let proxy = Arc::new(Proxy::new(policy, egress, audit.clone(), limits.clone()));
     let info = Arc::new(ConnInfo {
         client: CLIENT.parse().expect("client address"),
@@ -471,10 +477,11 @@ async fn conversation(
             );
         }
     }
-    Observed {
+    let observed = Observed {
         status_line,
         dialed,
-    }
+    };
+    (observed, writer)
 }
 
 /// The trail's records; every line must be a JSON object naming its event.

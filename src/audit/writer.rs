@@ -22,6 +22,8 @@ use crate::config::FsyncMode;
 
 /// How often `fsync = "interval"` syncs.
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Jobs' and records' buffer capacity kept between batches (a burst may grow them far beyond).
+const KEEP_BATCH_CAPACITY: usize = 1024;
 /// Largest tail read back when resuming an existing trail.
 const TAIL_WINDOW: u64 = 1 << 20;
 
@@ -165,6 +167,9 @@ impl Writer {
             }
             let result = self.write_batch(&records, flush);
             records.clear();
+            // A burst can leave these buffers huge; keep what a busy steady state needs.
+            jobs.shrink_to(KEEP_BATCH_CAPACITY);
+            records.shrink_to(KEEP_BATCH_CAPACITY);
             for ack in acks.drain(..) {
                 let _ = ack.send(result.clone());
             }
