@@ -233,3 +233,35 @@ async fn idna_spellings_are_normalised_before_matching_and_resolving() {
     let (resp, _) = connect(proxy.addr, &format!("xn--bcher-kva.test:{port}"), "").await;
     assert_eq!(resp.status, 200, "{resp:?}");
 }
+
+#[tokio::test]
+async fn an_answer_is_reused_for_its_ttl_and_a_ttl_zero_answer_never_is() {
+    let origin = Origin::start().await;
+    let port = origin.port();
+    let dns = DnsServer::start(
+        Zone::new()
+            .with("cached.test", Answer::Fixed(vec![ip("127.0.0.1")]), 300)
+            .with("uncached.test", Answer::Fixed(vec![ip("127.0.0.1")]), 0),
+    )
+    .await
+    .unwrap();
+    let proxy = TestProxy::start(&policy(&dns, port)).await;
+    for _ in 0..3 {
+        for name in ["cached.test", "uncached.test"] {
+            let (resp, _) = connect(proxy.addr, &format!("{name}:{port}"), "").await;
+            assert_eq!(resp.status, 200, "{name}: {resp:?}");
+        }
+    }
+    // A queries only: the AAAA side is an empty (NODATA) answer, which carries no TTL to cache
+    // by.
+    assert_eq!(
+        dns.a_queries("cached.test"),
+        1,
+        "a 300 s answer was not reused"
+    );
+    assert_eq!(
+        dns.a_queries("uncached.test"),
+        3,
+        "a TTL-0 answer was reused"
+    );
+}

@@ -137,6 +137,16 @@ impl DnsServer {
             .copied()
             .unwrap_or(0)
     }
+
+    /// How many A queries arrived for this name so far.
+    pub fn a_queries(&self, name: &str) -> usize {
+        self.state
+            .lock()
+            .per_type
+            .get(&(normalize(name), RecordType::A))
+            .copied()
+            .unwrap_or(0)
+    }
 }
 
 impl Drop for DnsServer {
