@@ -295,3 +295,31 @@ async fn the_writer_thread_does_not_preempt_request_tasks() {
     drop(audit);
     writer.join();
 }
+
+#[tokio::test]
+async fn a_record_nobody_waits_for_reaches_the_trail_without_further_traffic() {
+    for fsync in [FsyncMode::Always, FsyncMode::Interval, FsyncMode::Never] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let cfg = AuditConfig {
+            fsync,
+            ..config(&path)
+        };
+        let (audit, writer) = Audit::open(&cfg, "x").unwrap();
+        audit.submit(rec(1));
+        // Nothing else is queued: the lazy record must still go out on its own (after at most
+        // LAZY_DELAY), not wait for company that never comes.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while lines(&path).len() < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{fsync:?}: the submitted record was not written"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        assert!(lines(&path)[1].contains("p1.toml"), "{fsync:?}");
+        drop(audit);
+        writer.join();
+        verify(&path).unwrap();
+    }
+}
