@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::config::DnsConfig;
-use crate::policy::{AddressDenial, Decision, Policy, RuleId};
+use crate::policy::{AddressDenial, Decision, DenyReason, Policy, RuleId};
 use crate::target::{Host, Target};
 
 /// An address the policy has vetted for one request. Only [`Egress::resolve`] makes these.
@@ -215,6 +215,16 @@ impl Egress {
                 denial,
                 resolved: ips.clone(),
             })?;
+        let local = self.local_addresses_on_own_port(target.port, &ips);
+        if !local.is_empty() {
+            return Err(EgressError::Denied {
+                denial: AddressDenial {
+                    reason: DenyReason::NonPublicAddress(local),
+                    rule: None,
+                },
+                resolved: ips,
+            });
+        }
         let addrs = ips
             .into_iter()
             .map(|ip| VettedAddr(SocketAddr::new(ip, target.port)))
@@ -223,6 +233,29 @@ impl Egress {
             addrs,
             reported_rule,
         })
+    }
+
+    /// The addresses that would reach one of the proxy's own listeners bound to an unspecified
+    /// address (`0.0.0.0`, `::`): on that port *every* address of this machine is the proxy, not
+    /// only loopback, and a plugin must not reach the proxy — or another plugin's listener —
+    /// through, say, the public address of the host's own interface. Which addresses are this
+    /// machine's is asked of the kernel at the time of the request, so interfaces that come and go
+    /// are seen: an address is local exactly when a socket can be bound to it. (With
+    /// `net.ipv4.ip_nonlocal_bind` set every address binds, and the port is refused everywhere:
+    /// closed, not open.)
+    fn local_addresses_on_own_port(&self, port: u16, ips: &[IpAddr]) -> Vec<IpAddr> {
+        let unspecified_on_port = self
+            .own_listeners
+            .iter()
+            .any(|l| l.port() == port && l.ip().is_unspecified());
+        // The offline egress (fuzzing) models no machine: its answers must not depend on the host.
+        if !unspecified_on_port || !matches!(self.dialer, Dialer::Tcp) {
+            return Vec::new();
+        }
+        ips.iter()
+            .copied()
+            .filter(|ip| std::net::UdpSocket::bind((ip.to_canonical(), 0)).is_ok())
+            .collect()
     }
 
     async fn lookup(&self, name: &str) -> Result<Vec<IpAddr>, EgressError> {
