@@ -83,33 +83,53 @@ pub struct Audit {
     ids: Arc<IdGenerator>,
 }
 
-/// The queue's sending side; when the last handle drops, the writer drains and stops.
-struct Sender(Arc<Queue<Job>>);
+/// Where jobs go; when the last handle drops, the writer drains and stops.
+enum Sender {
+    /// The writer thread's queue (the proxy).
+    Thread(Arc<Queue<Job>>),
+    /// The writer itself, run on the caller's thread, each job as its own batch: no second
+    /// thread for a fuzzer's paused clock to wait on. Only for in-memory trails.
+    Inline(std::sync::Mutex<(Writer, writer::Batch)>),
+}
 
 impl Sender {
     fn send(&self, job: Job, urgent: bool) -> Result<(), AuditError> {
-        self.0.push(job, urgent).map_err(|refused| match refused {
-            Refused::Full => AuditError::Overloaded,
-            Refused::Closed => AuditError::Closed,
-        })
+        match self {
+            Sender::Thread(queue) => queue.push(job, urgent).map_err(|refused| match refused {
+                Refused::Full => AuditError::Overloaded,
+                Refused::Closed => AuditError::Closed,
+            }),
+            Sender::Inline(writer) => {
+                let mut guard = writer.lock().unwrap_or_else(|e| e.into_inner());
+                let (writer, batch) = &mut *guard;
+                batch.jobs.push(job);
+                writer.process(batch);
+                Ok(())
+            }
+        }
     }
 }
 
 impl Drop for Sender {
     fn drop(&mut self) {
-        self.0.close();
+        if let Sender::Thread(queue) = self {
+            queue.close();
+        }
     }
 }
 
 /// Waits for the writer thread to drain and exit once every [`Audit`] handle is gone.
 pub struct WriterHandle {
-    thread: std::thread::JoinHandle<()>,
+    /// `None` for an inline writer, which has no thread.
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl WriterHandle {
     /// Blocks until every queued record has been written.
     pub fn join(self) {
-        let _ = self.thread.join();
+        if let Some(thread) = self.thread {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -163,6 +183,28 @@ impl Audit {
         Ok((audit, writer, buffer))
     }
 
+    /// Like [`Audit::in_memory`], but every record is sealed on the caller's thread before
+    /// `commit` returns: no writer thread (for fuzzing on a paused clock).
+    #[doc(hidden)]
+    pub fn in_memory_inline() -> Result<(Audit, WriterHandle, MemoryTrail), SetupError> {
+        let buffer = MemoryTrail::default();
+        let sha = Arc::new(RwLock::new(Arc::from("")));
+        let writer = Writer::open(
+            Target::Memory(buffer.clone()),
+            ChainKey::none(),
+            FsyncMode::Never,
+            sha,
+        )?;
+        let audit = Audit {
+            tx: Arc::new(Sender::Inline(std::sync::Mutex::new((
+                writer,
+                writer::Batch::default(),
+            )))),
+            ids: Arc::new(IdGenerator::new()),
+        };
+        Ok((audit, WriterHandle { thread: None }, buffer))
+    }
+
     fn start(
         target: Target,
         key: ChainKey,
@@ -178,10 +220,15 @@ impl Audit {
             .spawn(move || writer.run(&rx))
             .map_err(SetupError::Thread)?;
         let audit = Audit {
-            tx: Arc::new(Sender(queue)),
+            tx: Arc::new(Sender::Thread(queue)),
             ids: Arc::new(IdGenerator::new()),
         };
-        Ok((audit, WriterHandle { thread }))
+        Ok((
+            audit,
+            WriterHandle {
+                thread: Some(thread),
+            },
+        ))
     }
 
     /// A fresh, unique audit id.

@@ -203,42 +203,20 @@ pub fn observe(data: &[u8]) -> [Observed; 2] {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .start_paused(true)
-            .on_thread_park(move || {
-                settle();
-                *lock(&parked) = Some(std::time::Instant::now());
-            })
+            // The audit trail is written inline (no writer thread), so nothing outside this
+            // runtime can wake a task: parking with a timer pending may jump the paused clock.
+            .on_thread_park(move || *lock(&parked) = Some(std::time::Instant::now()))
             .on_thread_unpark(move || *lock(&unparked) = None)
             .build()
             .expect("a runtime");
         let (observed, writer) =
             runtime.block_on(conversation(data, setup, policy.clone(), &watch.hung));
-        // Dropping the runtime drops every task still holding an audit handle; the writer
-        // thread then ends, and is joined so no thread outlives the input (LeakSanitizer would
-        // report its thread-local bookkeeping as a leak).
         drop(runtime);
         writer.join();
         drop(watch);
         seen.push(observed);
     }
     seen.try_into().expect("one per policy")
-}
-
-/// Longest the runtime waits, before it parks, for another thread to hand it work.
-const SETTLE: Duration = Duration::from_micros(500);
-
-/// Called as the runtime is about to park. On the paused clock, parking with a timer pending
-/// jumps the clock to that timer at once, even while the audit writer thread is about to answer a
-/// `commit` the proxy is waiting on; the idle or header-read timeout would then fire in the middle
-/// of a request that real time would never have let time out. So first give other threads a moment
-/// to wake a task (which lands in the runtime's global queue and cancels the jump).
-fn settle() {
-    let Ok(handle) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    let started = std::time::Instant::now();
-    while handle.metrics().global_queue_depth() == 0 && started.elapsed() < SETTLE {
-        std::thread::sleep(Duration::from_micros(20));
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -342,7 +320,7 @@ async fn conversation(
         limits.connect_timeout,
         vec![setup.own],
     );
-    let (audit, writer, trail) = Audit::in_memory().expect("an in-memory trail");
+    let (audit, writer, trail) = Audit::in_memory_inline().expect("an in-memory trail");
     let proxy = Arc::new(Proxy::new(policy, egress, audit.clone(), limits.clone()));
     let info = Arc::new(ConnInfo {
         client: CLIENT.parse().expect("client address"),

@@ -323,3 +323,22 @@ async fn a_record_nobody_waits_for_reaches_the_trail_without_further_traffic() {
         verify(&path).unwrap();
     }
 }
+
+#[tokio::test]
+async fn an_inline_trail_is_sealed_before_commit_returns() {
+    let (audit, writer, memory) = Audit::in_memory_inline().unwrap();
+    for i in 0..3 {
+        audit.commit(rec(i)).await.unwrap();
+        // No thread to wait for: the record is already in the trail.
+        let text = String::from_utf8(memory.lock().unwrap().clone()).unwrap();
+        assert!(text.contains(&format!("p{i}.toml")), "{text}");
+    }
+    audit.submit(rec(9));
+    assert!(String::from_utf8_lossy(&memory.lock().unwrap()).contains("p9.toml"));
+    drop(audit);
+    writer.join();
+    let bytes = memory.lock().unwrap().clone();
+    let summary = verify::verify_bytes(&bytes, &ChainKey::none()).unwrap();
+    // trail.open, three commits, one submit.
+    assert_eq!(summary.records, 5);
+}

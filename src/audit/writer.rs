@@ -38,6 +38,14 @@ pub(super) enum Target {
     Memory(MemoryTrail),
 }
 
+/// The buffers one batch passes through, kept between batches.
+#[derive(Default)]
+pub(super) struct Batch {
+    pub(super) jobs: Vec<Job>,
+    records: Vec<Record>,
+    acks: Vec<Ack>,
+}
+
 /// Everything the writer thread owns.
 pub(super) struct Writer {
     target: Target,
@@ -132,49 +140,48 @@ impl Writer {
         if let Err(e) = crate::sys::batch_scheduling_for_current_thread() {
             tracing::debug!(error = %e, "audit writer keeps the default scheduling policy");
         }
-        let mut jobs: Vec<Job> = Vec::new();
-        let mut acks: Vec<Ack> = Vec::new();
-        let mut records: Vec<Record> = Vec::new();
+        let mut batch = Batch::default();
         loop {
             let deadline = self.unsynced.then(|| self.last_sync + SYNC_INTERVAL);
-            match queue.take(deadline, &mut jobs) {
-                Taken::Jobs => {}
-                Taken::Timeout => {
-                    self.sync();
-                    continue;
-                }
+            match queue.take(deadline, &mut batch.jobs) {
+                Taken::Jobs => self.process(&mut batch),
+                Taken::Timeout => self.sync(),
                 Taken::Closed => break,
-            }
-            let mut flush = false;
-            for job in jobs.drain(..) {
-                match job {
-                    Job::Write(record, ack) => {
-                        records.push(record);
-                        acks.extend(ack);
-                    }
-                    Job::Flush(ack) => {
-                        flush = true;
-                        acks.push(ack);
-                    }
-                    Job::Reopen => self.reopen("reopen"),
-                    Job::SetPolicy(sha) => {
-                        *self
-                            .policy_sha256
-                            .write()
-                            .unwrap_or_else(|e| e.into_inner()) = sha;
-                    }
-                }
-            }
-            let result = self.write_batch(&records, flush);
-            records.clear();
-            // A burst can leave these buffers huge; keep what a busy steady state needs.
-            jobs.shrink_to(KEEP_BATCH_CAPACITY);
-            records.shrink_to(KEEP_BATCH_CAPACITY);
-            for ack in acks.drain(..) {
-                let _ = ack.send(result.clone());
             }
         }
         self.sync();
+    }
+
+    /// Writes one batch of jobs (as one write and at most one sync) and answers every waiter.
+    pub(super) fn process(&mut self, batch: &mut Batch) {
+        let mut flush = false;
+        for job in batch.jobs.drain(..) {
+            match job {
+                Job::Write(record, ack) => {
+                    batch.records.push(record);
+                    batch.acks.extend(ack);
+                }
+                Job::Flush(ack) => {
+                    flush = true;
+                    batch.acks.push(ack);
+                }
+                Job::Reopen => self.reopen("reopen"),
+                Job::SetPolicy(sha) => {
+                    *self
+                        .policy_sha256
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner()) = sha;
+                }
+            }
+        }
+        let result = self.write_batch(&batch.records, flush);
+        batch.records.clear();
+        for ack in batch.acks.drain(..) {
+            let _ = ack.send(result.clone());
+        }
+        // A burst can leave these buffers huge; keep what a busy steady state needs.
+        batch.jobs.shrink_to(KEEP_BATCH_CAPACITY);
+        batch.records.shrink_to(KEEP_BATCH_CAPACITY);
     }
 
     fn write_batch(&mut self, records: &[Record], flush: bool) -> Result<(), AuditError> {
