@@ -89,7 +89,7 @@ enum Sender {
     Thread(Arc<Queue<Job>>),
     /// The writer itself, run on the caller's thread, each job as its own batch: no second
     /// thread for a fuzzer's paused clock to wait on. Only for in-memory trails.
-    Inline(std::sync::Mutex<(Writer, writer::Batch)>),
+    Inline(Box<std::sync::Mutex<(Writer, writer::Batch)>>),
 }
 
 impl Sender {
@@ -196,10 +196,10 @@ impl Audit {
             sha,
         )?;
         let audit = Audit {
-            tx: Arc::new(Sender::Inline(std::sync::Mutex::new((
+            tx: Arc::new(Sender::Inline(Box::new(std::sync::Mutex::new((
                 writer,
                 writer::Batch::default(),
-            )))),
+            ))))),
             ids: Arc::new(IdGenerator::new()),
         };
         Ok((audit, WriterHandle { thread: None }, buffer))
