@@ -212,6 +212,47 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_producers_lose_nothing_and_keep_their_order() {
+        const PRODUCERS: usize = 4;
+        const EACH: usize = 5_000;
+        let q = Arc::new(Queue::new(PRODUCERS * EACH));
+        let writer = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                let (mut seen, mut jobs) = (Vec::new(), Vec::new());
+                loop {
+                    match q.take(None, &mut jobs) {
+                        Taken::Jobs => seen.append(&mut jobs),
+                        Taken::Closed => return seen,
+                        Taken::Timeout => unreachable!("no deadline was given"),
+                    }
+                }
+            })
+        };
+        let producers: Vec<_> = (0..PRODUCERS)
+            .map(|p| {
+                let q = q.clone();
+                std::thread::spawn(move || {
+                    for i in 0..EACH {
+                        // Mostly lazy, now and then one somebody waits for.
+                        q.push((p, i), i % 7 == 0).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for p in producers {
+            p.join().unwrap();
+        }
+        q.close();
+        let seen = writer.join().unwrap();
+        assert_eq!(seen.len(), PRODUCERS * EACH);
+        for p in 0..PRODUCERS {
+            let mine: Vec<usize> = seen.iter().filter(|j| j.0 == p).map(|j| j.1).collect();
+            assert_eq!(mine, (0..EACH).collect::<Vec<_>>(), "producer {p}");
+        }
+    }
+
+    #[test]
     fn an_empty_queue_times_out_at_the_deadline() {
         let q: Queue<u8> = Queue::new(2);
         let deadline = Instant::now() + Duration::from_millis(20);
