@@ -254,6 +254,8 @@ impl Policy {
 }
 
 /// The proxy must never dial itself: that would loop a request back through its own policy.
+/// For a wildcard listener this knows only loopback; `Egress` adds the machine's other addresses,
+/// which it asks the kernel about (I/O has no place here).
 fn is_own_listener(ip: IpAddr, port: u16, own: &[SocketAddr]) -> bool {
     // `::ffff:127.0.0.1` reaches a socket bound to 127.0.0.1: compare canonical forms.
     let ip = ip.to_canonical();

@@ -24,6 +24,8 @@ use crate::config::FsyncMode;
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Jobs' and records' buffer capacity kept between batches (a burst may grow them far beyond).
 const KEEP_BATCH_CAPACITY: usize = 1024;
+/// Bytes of the sealed-batch buffer kept between batches.
+const KEEP_BUF_BYTES: usize = 64 * 1024;
 /// Largest tail read back when resuming an existing trail.
 const TAIL_WINDOW: u64 = 1 << 20;
 
@@ -98,7 +100,7 @@ impl Writer {
             unsynced: false,
             policy_sha256,
             pending_open: None,
-            buf: Vec::with_capacity(64 * 1024),
+            buf: Vec::with_capacity(KEEP_BUF_BYTES),
         };
         let mut torn = 0;
         if let Target::File { path, .. } = &writer.target {
@@ -182,6 +184,7 @@ impl Writer {
         // A burst can leave these buffers huge; keep what a busy steady state needs.
         batch.jobs.shrink_to(KEEP_BATCH_CAPACITY);
         batch.records.shrink_to(KEEP_BATCH_CAPACITY);
+        self.buf.shrink_to(KEEP_BUF_BYTES);
     }
 
     fn write_batch(&mut self, records: &[Record], flush: bool) -> Result<(), AuditError> {
