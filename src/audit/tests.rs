@@ -274,10 +274,12 @@ async fn the_writer_thread_does_not_preempt_request_tasks() {
     let (audit, writer, _trail) = Audit::in_memory().unwrap();
     // Once a flush is answered, the writer has set its own scheduling policy.
     audit.flush().await.unwrap();
+    // Field 41 of /proc/TID/stat is the scheduling policy; fields are counted from 1, and the
+    // ones after the parenthesised name start at field 3.
     let policy_of = |task: &std::path::Path| -> Option<String> {
-        let sched = std::fs::read_to_string(task.join("sched")).ok()?;
-        let line = sched.lines().find(|l| l.starts_with("policy"))?;
-        Some(line.rsplit(':').next()?.trim().to_string())
+        let stat = std::fs::read_to_string(task.join("stat")).ok()?;
+        let after_name = &stat[stat.rfind(')')? + 1..];
+        Some(after_name.split_whitespace().nth(41 - 3)?.to_string())
     };
     let writers: Vec<String> = std::fs::read_dir("/proc/self/task")
         .unwrap()
